@@ -1,0 +1,1 @@
+"""The declarative configuration: typed models, YAML and OpenAPI loading, validation."""

@@ -1,0 +1,268 @@
+"""The declarative configuration model. Every field is described: docs/configuration.md is generated
+from these descriptions (``bastion config-docs``), so the docs and the validator never disagree."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"}
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"not an IP address or CIDR: {value!r}") from exc
+    return value
+
+
+def _check_secret_ref(value: str) -> str:
+    if not re.match(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$", value):
+        raise ValueError("secrets are references: 'env:NAME' or 'file:/path', never literal values")
+    return value
+
+
+Cidr = Annotated[str, AfterValidator(_check_cidr)]
+SecretRef = Annotated[str, AfterValidator(_check_secret_ref)]
+Name = Annotated[str, Field(pattern=_NAME)]
+PolicyMap = dict[str, dict[str, Any]]
+
+
+class Lifecycle(str, Enum):
+    ACTIVE = "active"
+    DEPRECATED = "deprecated"
+    RETIRED = "retired"
+
+
+class HstsConfig(Model):
+    max_age: int = Field(31536000, ge=0, description="Strict-Transport-Security max-age in seconds.")
+    include_subdomains: bool = Field(True, description="Add `includeSubDomains` to HSTS.")
+    preload: bool = Field(False, description="Add `preload` to HSTS (only when you have submitted the domain).")
+
+
+class HttpsListener(Model):
+    enabled: bool = Field(True, description="Serve HTTPS. Switching it off serves the API over plain HTTP "
+                          "and logs a warning at every start: for local development only.")
+    host: str = Field("0.0.0.0", description="Address to bind.")
+    port: int = Field(8443, ge=0, le=65535, description="Port to bind (0 picks a free port).")
+    cert_file: str | None = Field(None, description="PEM certificate chain. Relative paths are relative "
+                                  "to the config file.")
+    key_file: str | None = Field(None, description="PEM private key for `cert_file`.")
+    self_signed: bool = Field(False, description="Development only: when no certificate is given, generate "
+                              "a self-signed one in `data_dir` on first run (key file mode 0600).")
+    hsts: HstsConfig = Field(default_factory=HstsConfig, description="HSTS header sent on every HTTPS response.")
+
+    @model_validator(mode="after")
+    def _cert_pair(self) -> HttpsListener:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.enabled and self.cert_file is None and not self.self_signed:
+            raise ValueError("HTTPS needs cert_file and key_file (or self_signed: true for development)")
+        return self
+
+
+class HttpListener(Model):
+    enabled: bool = Field(True, description="Open the plain-HTTP listener. With HTTPS on it only answers "
+                          "308 redirects to HTTPS.")
+    host: str = Field("0.0.0.0", description="Address to bind.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to bind.")
+    redirect_port: int | None = Field(None, description="HTTPS port to put in redirects, when clients reach "
+                                      "HTTPS on another port than `server.https.port` (e.g. behind NAT).")
+
+
+class AdminListener(Model):
+    enabled: bool = Field(True, description="Open the admin listener (health, metrics, reload).")
+    host: str = Field("127.0.0.1", description="Address to bind. Keep it on loopback or a private network.")
+    port: int = Field(9090, ge=0, le=65535, description="Port to bind.")
+
+
+class Limits(Model):
+    max_header_bytes: int = Field(32768, ge=1024, description="Total bytes of the request head -> 431.")
+    max_header_count: int = Field(100, ge=8, description="Number of request header fields -> 431.")
+    max_uri_bytes: int = Field(8192, ge=256, description="Length of the request target -> 414.")
+    max_body_bytes: int = Field(1048576, ge=0, description="Default request body limit, overridable per API "
+                                "and route -> 413. Counted while streaming.")
+    head_timeout: float = Field(10.0, gt=0, description="Seconds for the whole request head to arrive, "
+                                "whatever its speed -> 408 and close.")
+    body_timeout: float = Field(30.0, gt=0, description="Seconds for the whole request body -> 408 and close.")
+    idle_timeout: float = Field(60.0, gt=0, description="Seconds a keep-alive connection may wait for "
+                                "its next request.")
+    max_connections: int = Field(10000, ge=1, description="Open client connections per listener. At the "
+                                 "cap, idle keep-alive connections are closed first; new ones are refused.")
+    max_connections_per_ip: int = Field(256, ge=1, description="Open connections from one client address.")
+    max_requests_per_connection: int = Field(10000, ge=1, description="Requests served on one keep-alive "
+                                             "connection before it is closed.")
+
+
+class AccessLog(Model):
+    enabled: bool = Field(True, description="Write one JSON line per request.")
+    path: str = Field("-", description="File to append to; `-` is standard output.")
+
+
+class ServerConfig(Model):
+    https: HttpsListener = Field(default_factory=lambda: HttpsListener(self_signed=True),
+                                 description="The HTTPS listener.")
+    http: HttpListener = Field(default_factory=HttpListener, description="The plain-HTTP listener.")
+    admin: AdminListener = Field(default_factory=AdminListener, description="The admin listener.")
+    limits: Limits = Field(default_factory=Limits, description="HTTP hardening limits and deadlines.")
+    trusted_proxies: list[Cidr] = Field(default_factory=list, description="CIDRs of proxies in front of "
+                                        "Bastion. Only from these are X-Forwarded-For and X-Request-ID "
+                                        "trusted; they decide the client address every policy sees.")
+    data_dir: str = Field(".bastion", description="Directory for generated certificates and local state. "
+                          "Relative to the config file.")
+    docs_base_url: str = Field("https://bastion.dev/docs", description="Base of the `type` URI in "
+                               "problem+json errors.")
+    access_log: AccessLog = Field(default_factory=AccessLog, description="The access log.")
+    drain_timeout: float = Field(15.0, ge=0, description="Seconds to let in-flight requests finish on "
+                                 "shutdown.")
+
+
+class Target(Model):
+    url: str = Field(..., description="`http://host:port[/prefix]` of one upstream instance.")
+    weight: int = Field(1, ge=1, le=1000, description="Relative share of requests (weighted round robin).")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^http://[^/?#@\s]+(/[^?#\s]*)?$", value):
+            raise ValueError("target url must be http://host[:port][/prefix] (no userinfo, query or fragment)")
+        return value
+
+
+class Timeouts(Model):
+    connect: float = Field(2.0, gt=0, description="Seconds to open a connection -> 504.")
+    read: float = Field(30.0, gt=0, description="Seconds of upstream silence while waiting for the "
+                        "response head or body -> 504.")
+    total: float = Field(60.0, gt=0, description="Seconds for the whole exchange, including retries -> 504.")
+
+
+class Retries(Model):
+    attempts: int = Field(2, ge=0, le=5, description="Extra attempts for idempotent requests that failed "
+                          "before any response byte (connect errors, reset pooled connections).")
+    budget_ratio: float = Field(0.2, ge=0, le=1, description="Retries may add at most this share of the "
+                                "upstream's request rate (Envoy-style retry budget).")
+    min_per_second: int = Field(3, ge=0, description="Retries always allowed per second, whatever the ratio.")
+
+
+class ActiveHealthCheck(Model):
+    enabled: bool = Field(False, description="Probe each target periodically.")
+    path: str = Field("/healthz", description="Path to GET on each target.")
+    interval: float = Field(5.0, gt=0, description="Seconds between probes.")
+    timeout: float = Field(1.0, gt=0, description="Seconds a probe may take.")
+    healthy_threshold: int = Field(2, ge=1, description="Successive good probes that mark a target healthy.")
+    unhealthy_threshold: int = Field(2, ge=1, description="Successive failed probes that mark it unhealthy.")
+    expected_status: list[int] = Field(default_factory=lambda: [200, 204],
+                                       description="Statuses counted as healthy.")
+
+
+class PassiveHealthCheck(Model):
+    enabled: bool = Field(True, description="Eject a target after consecutive failures (circuit breaker).")
+    consecutive_failures: int = Field(5, ge=1, description="Connect errors, timeouts or 502/503/504 in a row "
+                                      "that eject a target.")
+    ejection_time: float = Field(30.0, gt=0, description="Seconds of the first ejection; doubled for each "
+                                 "repeated ejection, capped at 300 s.")
+
+
+class HealthCheck(Model):
+    active: ActiveHealthCheck = Field(default_factory=ActiveHealthCheck, description="Active probing.")
+    passive: PassiveHealthCheck = Field(default_factory=PassiveHealthCheck, description="Passive ejection.")
+
+
+class UpstreamConfig(Model):
+    targets: list[Target] = Field(..., min_length=1, description="One or more instances, balanced "
+                                  "round robin by weight.")
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Upstream timeouts.")
+    retries: Retries = Field(default_factory=Retries, description="Retries for idempotent methods.")
+    health_check: HealthCheck = Field(default_factory=HealthCheck, description="Health checking.")
+    max_connections: int = Field(256, ge=1, description="Pooled connections per target (busy + idle).")
+    idle_connection_timeout: float = Field(30.0, gt=0, description="Seconds an idle pooled connection is kept.")
+    preserve_host: bool = Field(False, description="Send the client's Host upstream instead of the "
+                                "target's host.")
+    max_response_header_bytes: int = Field(65536, ge=1024, description="Upstream response heads larger "
+                                           "than this are refused -> 502.")
+
+
+class RouteSettings(Model):
+    policies: PolicyMap = Field(default_factory=dict, description="Policies for this route, by name. "
+                                "They replace the API's and global entries of the same name.")
+    max_body_bytes: int | None = Field(None, ge=0, description="Request body limit for this route.")
+    mask_upstream_errors: bool | None = Field(None, description="Replace upstream 5xx bodies with a gateway "
+                                              "problem (default true).")
+
+
+class RouteConfig(RouteSettings):
+    name: Name = Field(..., description="Route name: used in logs and metrics labels.")
+    path: str = Field(..., description="Path template relative to the API's base_path: literal segments, "
+                      "`{param}` and a final `**`.")
+    methods: list[str] = Field(..., min_length=1, description="HTTP methods (HEAD is implied by GET).")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        upper = [m.upper() for m in value]
+        unknown = sorted(set(upper) - _METHODS)
+        if unknown:
+            raise ValueError(f"unknown HTTP methods: {', '.join(unknown)}")
+        return upper
+
+
+class ApiConfig(Model):
+    name: Name = Field(..., description="API name: used in logs and metric labels.")
+    version: str | None = Field(None, description="Version label, e.g. `v1`.")
+    base_path: str = Field("", description="Prefix of every route of this API, e.g. `/v1`.")
+    hosts: list[str] = Field(default_factory=list, description="Host names this API answers "
+                             "(`*.example.com` allowed). Empty: any host.")
+    upstream: Name = Field(..., description="Name of the upstream that serves it.")
+    lifecycle: Lifecycle = Field(Lifecycle.ACTIVE, description="`active`, `deprecated` (served, flagged), "
+                                 "or `retired` (answers 410).")
+    strip_base_path: bool = Field(False, description="Remove base_path before forwarding upstream.")
+    openapi: str | None = Field(None, description="OpenAPI 3.0/3.1 document (YAML or JSON). Each operation "
+                                "becomes a route named by its operationId.")
+    operations: dict[str, RouteSettings] = Field(default_factory=dict, description="Settings for OpenAPI "
+                                                 "operations, by operationId.")
+    routes: list[RouteConfig] = Field(default_factory=list, description="Routes declared by hand.")
+    policies: PolicyMap = Field(default_factory=dict, description="Policies for every route of the API.")
+    max_body_bytes: int | None = Field(None, ge=0, description="Request body limit for the API's routes.")
+    mask_upstream_errors: bool = Field(True, description="Replace upstream 5xx bodies with a gateway problem.")
+
+    @field_validator("base_path")
+    @classmethod
+    def _base_path(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.endswith("/") or "{" in value):
+            raise ValueError("base_path must start with '/', not end with '/', and hold no parameters")
+        return value
+
+    @model_validator(mode="after")
+    def _has_routes(self) -> ApiConfig:
+        if not self.routes and self.openapi is None:
+            raise ValueError("an API needs `routes` or an `openapi` document")
+        return self
+
+
+class GatewayConfig(Model):
+    version: int = Field(1, ge=1, le=1, description="Configuration format version.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="Listeners, limits and paths.")
+    upstreams: dict[Name, UpstreamConfig] = Field(default_factory=dict, description="Upstream services.")
+    apis: list[ApiConfig] = Field(default_factory=list, description="The APIs Bastion exposes.")
+    policies: PolicyMap = Field(default_factory=dict, description="Policies applied to every route.")
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        names: set[str] = set()
+        for api in self.apis:
+            if api.upstream not in self.upstreams:
+                raise ValueError(f"api {api.name!r} names unknown upstream {api.upstream!r}")
+            if api.name in names:
+                raise ValueError(f"api name {api.name!r} is used twice")
+            names.add(api.name)
+        return self

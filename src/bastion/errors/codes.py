@@ -1,0 +1,158 @@
+"""Every error the gateway itself answers, in one registry.
+
+Codes are ``area.reason``; they are never renamed or reused (tests compare this registry with
+``tests/unit/errors_snapshot.json`` and with ``docs/errors.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    code: str
+    status: int
+    title: str
+    description: str
+    """For the docs: when the gateway answers with this code, and what the client should do."""
+
+
+# -- HTTP framing and limits (listener) ------------------------------------------------------------
+HTTP_MALFORMED = ErrorCode(
+    "http.malformed", 400, "Malformed request",
+    "The request could not be parsed as HTTP/1.1 (bad request line, header syntax or chunked framing). "
+    "The connection is closed.",
+)
+HTTP_AMBIGUOUS_FRAMING = ErrorCode(
+    "http.ambiguous_framing", 400, "Ambiguous request framing",
+    "The request carries Content-Length together with Transfer-Encoding, a duplicate or invalid "
+    "Content-Length, more than one Transfer-Encoding, a coding other than `chunked`, or Transfer-Encoding "
+    "in HTTP/1.0. These are request-smuggling vectors; the connection is closed.",
+)
+HTTP_HOST_INVALID = ErrorCode(
+    "http.host_invalid", 400, "Missing or invalid Host",
+    "The request has no Host header, more than one, or an absolute-form target whose authority differs "
+    "from Host. The connection is closed.",
+)
+HTTP_PATH_INVALID = ErrorCode(
+    "http.path_invalid", 400, "Invalid request path",
+    "The path contains an encoded `/`, `\\` or NUL, invalid percent-encoding or UTF-8, or a `..` that "
+    "escapes the root.",
+)
+HTTP_HEADERS_TOO_LARGE = ErrorCode(
+    "http.headers_too_large", 431, "Request headers too large",
+    "The request head exceeds the configured total header bytes or header count.",
+)
+HTTP_URI_TOO_LONG = ErrorCode(
+    "http.uri_too_long", 414, "URI too long",
+    "The request target exceeds the configured maximum length.",
+)
+HTTP_BODY_TOO_LARGE = ErrorCode(
+    "http.body_too_large", 413, "Request body too large",
+    "The request body exceeds the route's maximum body size. It is counted while streaming.",
+)
+HTTP_REQUEST_TIMEOUT = ErrorCode(
+    "http.request_timeout", 408, "Request timeout",
+    "The request head or body did not arrive within the configured deadline. The connection is closed.",
+)
+HTTP_VERSION_UNSUPPORTED = ErrorCode(
+    "http.version_unsupported", 505, "HTTP version not supported",
+    "Only HTTP/1.0 and HTTP/1.1 are accepted on this listener.",
+)
+HTTP_UPGRADE_UNSUPPORTED = ErrorCode(
+    "http.upgrade_unsupported", 501, "Protocol upgrade not supported",
+    "CONNECT and protocol upgrades (e.g. WebSocket) are not supported by this gateway.",
+)
+HTTP_EXPECTATION_FAILED = ErrorCode(
+    "http.expectation_failed", 417, "Expectation failed",
+    "The request's Expect header has a value other than `100-continue`.",
+)
+HTTPS_REQUIRED = ErrorCode(
+    "http.https_required", 400, "HTTPS required",
+    "The plain-HTTP listener only redirects to HTTPS; this request could not be redirected "
+    "(for example, a method with a body).",
+)
+
+# -- routing -------------------------------------------------------------------------------------
+ROUTE_NOT_FOUND = ErrorCode(
+    "route.not_found", 404, "Not found",
+    "No declared route matches the host and path. Nothing is reachable unless declared.",
+)
+ROUTE_METHOD_NOT_ALLOWED = ErrorCode(
+    "route.method_not_allowed", 405, "Method not allowed",
+    "The path is declared, but not for this method. The `Allow` header lists the declared methods.",
+)
+ROUTE_RETIRED = ErrorCode(
+    "route.retired", 410, "API version retired",
+    "The API version this route belongs to has the lifecycle state `retired`. Move to a newer version.",
+)
+
+# -- access --------------------------------------------------------------------------------------
+ACCESS_IP_DENIED = ErrorCode(
+    "access.ip_denied", 403, "Client address not allowed",
+    "The client address is on a deny-list, or an allow-list is set and the address is not on it.",
+)
+
+# -- upstream ------------------------------------------------------------------------------------
+UPSTREAM_CONNECT_FAILED = ErrorCode(
+    "upstream.connect_failed", 502, "Upstream unreachable",
+    "The gateway could not connect to the upstream service, or the connection failed before a response.",
+)
+UPSTREAM_TIMEOUT = ErrorCode(
+    "upstream.timeout", 504, "Upstream timeout",
+    "The upstream service did not answer within the route's connect, read or total timeout.",
+)
+UPSTREAM_UNAVAILABLE = ErrorCode(
+    "upstream.unavailable", 503, "No healthy upstream",
+    "Every target of the upstream is marked unhealthy (active health checks or passive ejection).",
+)
+UPSTREAM_BAD_RESPONSE = ErrorCode(
+    "upstream.bad_response", 502, "Invalid upstream response",
+    "The upstream answered with a response the gateway refuses to forward: bad framing, an oversized "
+    "head, or an invalid status line.",
+)
+UPSTREAM_SERVER_ERROR = ErrorCode(
+    "upstream.server_error", 502, "Upstream error",
+    "The upstream answered with a 5xx status; its body is replaced so that internals never leak. "
+    "The upstream's status code is kept (the registry status is the fallback). A route may opt out.",
+)
+
+# -- gateway -------------------------------------------------------------------------------------
+GATEWAY_INTERNAL = ErrorCode(
+    "gateway.internal", 500, "Internal gateway error",
+    "An unexpected condition inside the gateway. The details are in the log under the request id.",
+)
+GATEWAY_OVERLOADED = ErrorCode(
+    "gateway.overloaded", 503, "Gateway overloaded",
+    "The gateway is at its connection or request capacity. Retry after the indicated delay.",
+)
+GATEWAY_SHUTTING_DOWN = ErrorCode(
+    "gateway.shutting_down", 503, "Gateway shutting down",
+    "The gateway is draining connections before it stops. Retry; another node will answer.",
+)
+
+# -- admin listener ------------------------------------------------------------------------------
+ADMIN_NOT_FOUND = ErrorCode(
+    "admin.not_found", 404, "Not found",
+    "No admin endpoint at this path.",
+)
+ADMIN_METHOD_NOT_ALLOWED = ErrorCode(
+    "admin.method_not_allowed", 405, "Method not allowed",
+    "The admin endpoint does not accept this method.",
+)
+CONFIG_INVALID = ErrorCode(
+    "config.invalid", 422, "Configuration rejected",
+    "A reload was requested but the new configuration is invalid; the running configuration keeps serving. "
+    "The problem lists each error with its location.",
+)
+
+ALL_CODES: tuple[ErrorCode, ...] = tuple(
+    value for value in list(globals().values()) if isinstance(value, ErrorCode)
+)
+_BY_CODE = {c.code: c for c in ALL_CODES}
+
+
+def by_code(code: str) -> ErrorCode:
+    """Look a code up by its wire name (raises KeyError for unknown codes)."""
+    return _BY_CODE[code]

@@ -1,0 +1,1 @@
+"""Compiles configuration into per-route policy chains and runs requests through them."""

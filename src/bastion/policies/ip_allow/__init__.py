@@ -1,0 +1,1 @@
+"""IP/CIDR allow- and deny-lists."""

@@ -1,0 +1,1 @@
+"""Upstream connections, pools, balancing, health and header hygiene."""

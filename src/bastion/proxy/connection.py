@@ -1,0 +1,214 @@
+"""One pooled HTTP/1.1 connection to an upstream target.
+
+A lean asyncio Protocol on httptools (llhttp): the framework-level clients cost 5-100x more CPU per
+request (measured, see docs/performance.md), which would put the gateway's throughput bar out of reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+import httptools
+
+from bastion.proxy.errors import UpstreamBadResponse, UpstreamConnectError, UpstreamError, UpstreamTimeout
+
+
+class ResponseSink(Protocol):
+    """What a connection reports to the exchange that uses it (all calls are synchronous)."""
+
+    def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]], close_delimited: bool) -> None: ...
+
+    def on_response_body(self, chunk: bytes) -> None: ...
+
+    def on_response_complete(self) -> None: ...
+
+    def on_upstream_error(self, error: UpstreamError) -> None: ...
+
+    def pause_request_body(self) -> None: ...
+
+    def resume_request_body(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_body_allowed", "_close_delimited", "_head_bytes", "_headers", "_last_activity", "_loop",
+        "_max_head", "_parser", "_read_timeout", "_response_started", "_sink", "_timer", "closed",
+        "connected", "keep_alive", "on_idle_close", "requests", "transport",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_head: int) -> None:
+        self._loop = loop
+        self._max_head = max_head
+        self.transport: asyncio.Transport | None = None
+        self.connected: asyncio.Future[None] = loop.create_future()
+        self.closed = False
+        self.keep_alive = True
+        self.requests = 0
+        self.on_idle_close: object = None
+        self._sink: ResponseSink | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._response_started = False
+        self._body_allowed = True
+        self._close_delimited = False
+        self._read_timeout = 0.0
+        self._last_activity = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop transports are duck-typed
+        if not self.connected.done():
+            self.connected.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        sink = self._sink
+        if sink is None:
+            return
+        self._sink = None
+        if self._response_started and self._close_delimited:
+            sink.on_response_complete()  # EOF ends a close-delimited body
+        elif self._response_started:
+            sink.on_upstream_error(UpstreamBadResponse("upstream closed mid-body", before_response=False))
+        else:
+            sink.on_upstream_error(UpstreamConnectError("upstream closed the connection before responding"))
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink is None:
+            # Bytes from an idle connection: the upstream is confused; never reuse it.
+            self.abort()
+            return
+        self._last_activity = time.monotonic()
+        if not self._response_started:
+            self._head_bytes += len(data)
+        try:
+            assert self._parser is not None
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(UpstreamBadResponse("unparseable upstream response",
+                                           before_response=not self._response_started))
+            return
+        if not self._response_started and self._head_bytes > self._max_head and self._sink is not None:
+            self._fail(UpstreamBadResponse("upstream response head too large"))
+
+    def pause_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.pause_request_body()
+
+    def resume_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.resume_request_body()
+
+    # -- httptools callbacks -----------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # Interim responses (100, 103) are not forwarded: the gateway answers Expect itself.
+            self._headers = []
+            return
+        if self._head_bytes > self._max_head:
+            raise UpstreamBadResponse("upstream response head too large")
+        self.keep_alive = self._parser.should_keep_alive()
+        self._response_started = True
+        headers = self._headers
+        self._headers = []
+        no_body = not self._body_allowed or status in (204, 304)
+        has_length = any(n == b"content-length" or n == b"transfer-encoding" for n, _ in headers)
+        self._close_delimited = not no_body and not has_length
+        if self._close_delimited:
+            self.keep_alive = False
+        sink = self._sink
+        assert sink is not None
+        sink.on_response_head(status, headers, self._close_delimited)
+        if no_body:
+            # llhttp cannot be told a HEAD response has no body; finish here and use a fresh parser next time.
+            self._parser = None
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is not None and self._response_started:
+            self._sink.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._response_started and self._sink is not None:
+            self._complete()
+
+    # -- used by the exchange ----------------------------------------------------------------------
+    def begin(self, sink: ResponseSink, head: bytes, *, body_allowed: bool, read_timeout: float) -> None:
+        """Send a request head; the response is reported to ``sink``."""
+        self._sink = sink
+        self._response_started = False
+        self._close_delimited = False
+        self._head_bytes = 0
+        self._headers = []
+        self._body_allowed = body_allowed
+        self._parser = httptools.HttpResponseParser(self)
+        self.requests += 1
+        self._read_timeout = read_timeout
+        self._last_activity = time.monotonic()
+        self._timer = self._loop.call_later(read_timeout, self._check_timeout)
+        assert self.transport is not None
+        self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self._last_activity = time.monotonic()
+            self.transport.write(data)
+
+    def detach(self) -> None:
+        """The exchange gives up on this connection (client gone, timeout): it is closed, never reused."""
+        self._sink = None
+        self.abort()
+
+    def abort(self) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _complete(self) -> None:
+        self._cancel_timer()
+        sink = self._sink
+        self._sink = None
+        if sink is not None:
+            sink.on_response_complete()
+
+    def _fail(self, error: UpstreamError) -> None:
+        sink = self._sink
+        self._sink = None
+        self.abort()
+        if sink is not None:
+            sink.on_upstream_error(error)
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self._sink is None:
+            return
+        idle = time.monotonic() - self._last_activity
+        if idle >= self._read_timeout:
+            self._fail(UpstreamTimeout("upstream read timeout", before_response=not self._response_started))
+        else:
+            self._timer = self._loop.call_later(self._read_timeout - idle, self._check_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

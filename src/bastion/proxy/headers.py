@@ -1,0 +1,25 @@
+"""Header hygiene between client and upstream (RFC 9110 section 7.6.1)."""
+
+from __future__ import annotations
+
+# Hop-by-hop fields never cross the gateway; Connection may name more.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"content-length", b"host",
+    b"expect", b"http2-settings",
+})
+# Fields the gateway itself sets on the upstream request (client values are replaced, never trusted).
+GATEWAY_SET_REQUEST = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                                 b"x-request-id", b"forwarded", b"x-real-ip"})
+# Upstream response fields that reveal internals (API8); the gateway drops them.
+LEAKY_RESPONSE = frozenset({b"server", b"x-powered-by", b"x-aspnet-version", b"x-aspnetmvc-version",
+                            b"x-runtime", b"x-debug-token", b"x-debug-token-link"})
+
+
+def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Field names listed in Connection headers (they are hop-by-hop too)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
