@@ -35,23 +35,30 @@ LISTENER_NAMES = ("https", "http", "admin")
 
 
 def inherited_sockets() -> dict[str, socket.socket]:
-    """Listening sockets passed by a supervisor (systemd socket activation: LISTEN_FDS/LISTEN_FDNAMES).
+    """Listening sockets passed in by a supervisor, by listener name (https, http, admin).
 
-    Tests use this too: they bind first, then start the gateway, so no port can be taken in between.
+    Two forms: systemd socket activation (LISTEN_FDS with LISTEN_FDNAMES, descriptors from 3), and
+    BASTION_LISTEN_FDS="https=7,admin=9" for any other supervisor. Tests use the second: they bind
+    first, then start the gateway, so no other process can take a port in between.
     """
+    pairs: list[tuple[str, int]] = []
+    named = os.environ.pop("BASTION_LISTEN_FDS", "")
+    for item in filter(None, named.split(",")):
+        name, _, fd_text = item.partition("=")
+        pairs.append((name.strip(), int(fd_text)))
     count = int(os.environ.get("LISTEN_FDS", "0") or 0)
     pid = os.environ.get("LISTEN_PID")
-    if count <= 0 or (pid and pid != str(os.getpid())):
-        return {}
-    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
-    sockets: dict[str, socket.socket] = {}
-    for index in range(count):
-        name = names[index] if index < len(names) else f"fd{index}"
-        sock = socket.socket(fileno=3 + index)
-        sock.setblocking(False)
-        sockets[name] = sock
+    if count > 0 and (not pid or pid == str(os.getpid())):
+        names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+        for index in range(count):
+            pairs.append((names[index] if index < len(names) else f"fd{index}", 3 + index))
     for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
         os.environ.pop(key, None)
+    sockets: dict[str, socket.socket] = {}
+    for name, fd in pairs:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        sockets[name] = sock
     return sockets
 
 

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from bastion.errors import codes
 from bastion.errors.codes import ErrorCode
-from bastion.errors.problem import PROBLEM_CONTENT_TYPE, render_problem
+from bastion.errors.problem import DEFAULT_DOCS_BASE, PROBLEM_CONTENT_TYPE, render_problem
 from bastion.observability.metrics import GatewayMetrics
 
 
@@ -40,7 +40,7 @@ def problem(request: Request, code: ErrorCode, detail: str | None = None,
             extra: dict[str, Any] | None = None, docs_base: str = "") -> Response:
     request_id = str(request.scope.get("state", {}).get("request_id", "-"))
     body = render_problem(code, request_id=request_id, detail=detail, extra=extra,
-                          **({"docs_base": docs_base} if docs_base else {}))
+                          docs_base=docs_base or DEFAULT_DOCS_BASE)
     return Response(body, status_code=code.status, media_type=PROBLEM_CONTENT_TYPE.decode(),
                     headers={"cache-control": "no-store"})
 

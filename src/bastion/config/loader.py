@@ -89,7 +89,7 @@ def read_document(path: Path) -> SourceDocument:
         raise ConfigError([ConfigIssue(str(path), None, "", f"cannot read file: {exc.strerror}")]) from exc
     try:
         node = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+        data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,7 +38,7 @@ Name = Annotated[str, Field(pattern=_NAME)]
 PolicyMap = dict[str, dict[str, Any]]
 
 
-class Lifecycle(str, Enum):
+class Lifecycle(StrEnum):
     ACTIVE = "active"
     DEPRECATED = "deprecated"
     RETIRED = "retired"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -60,7 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop transports are duck-typed
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         if not self.connected.done():
             self.connected.set_result(None)
 
@@ -122,7 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self._headers
         self._headers = []
         no_body = not self._body_allowed or status in (204, 304)
-        has_length = any(n == b"content-length" or n == b"transfer-encoding" for n, _ in headers)
+        has_length = any(n in (b"content-length", b"transfer-encoding") for n, _ in headers)
         self._close_delimited = not no_body and not has_length
         if self._close_delimited:
             self.keep_alive = False

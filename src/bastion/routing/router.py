@@ -64,9 +64,8 @@ def split_template(path: str) -> list[str]:
     for index, segment in enumerate(segments):
         if segment == "**" and index != len(segments) - 1:
             raise TemplateError(f"'**' must be the last segment in {path!r}")
-        if "{" in segment or "}" in segment:
-            if not _PARAM.match(segment):
-                raise TemplateError(f"bad parameter segment {segment!r} in {path!r}")
+        if ("{" in segment or "}" in segment) and not _PARAM.match(segment):
+            raise TemplateError(f"bad parameter segment {segment!r} in {path!r}")
         if segment == "" and index != len(segments) - 1 and path != "/":
             raise TemplateError(f"empty segment in {path!r}")
     return segments

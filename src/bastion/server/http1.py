@@ -22,7 +22,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -356,7 +356,7 @@ class Exchange:
         body = render_problem(code, request_id=self.request_id, detail=detail, status=status,
                               docs_base=self._conn.listener.docs_base())
         head = [(b"content-type", PROBLEM_CONTENT_TYPE), (b"cache-control", b"no-store"),
-                (b"date", http_date())]
+                (b"x-content-type-options", b"nosniff"), (b"date", http_date())]
         if headers:
             head.extend(headers)
         self.scratch["reject_code"] = code.code
@@ -407,17 +407,19 @@ class HttpConnection(asyncio.Protocol):
 
     # -- connection lifecycle ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop transports are duck-typed
-        peer = transport.get_extra_info("peername")
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        tcp = cast(asyncio.Transport, transport)
+        self.transport = tcp
+        peer = tcp.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         refusal = self.listener.tracker.admit(self, self.peer_ip, self.limits)
         if refusal is not None:
             # Over capacity: a short answer (no parsing, no handler), then close.
             body = render_problem(refusal, request_id=new_request_id(), docs_base=self.listener.docs_base(),
                                   detail="The gateway is at capacity; retry shortly.")
-            transport.write(status_line(refusal.status) + b"content-type: application/problem+json\r\n"
-                            b"cache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\n"
-                            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            tcp.write(status_line(refusal.status) + b"content-type: application/problem+json\r\n"
+                      b"cache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\n"
+                      b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
             self._closed = True
             transport.close()
             return
