@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from bastion.admin.app import AdminServices, ReloadResult, create_admin_app
-from bastion.config.loader import ConfigError, load_config
+from bastion.config.loader import ConfigError
 from bastion.config.model import GatewayConfig, Limits, UpstreamConfig
 from bastion.observability.access_log import AccessLog
 from bastion.observability.metrics import GatewayMetrics
 from bastion.pipeline.compiled import CompiledConfig
-from bastion.pipeline.compiler import compile_config
+from bastion.pipeline.compiler import load_and_compile
 from bastion.pipeline.handler import GatewayHandler
 from bastion.pipeline.policy import PolicyServices
 from bastion.policies import builtin_policy_types
@@ -95,6 +95,7 @@ class Runtime:
         self._access_log: AccessLog | None = None
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[ReloadResult]] = set()
         self.started_at = time.time()
 
     # -- configuration -----------------------------------------------------------------------------
@@ -110,9 +111,8 @@ class Runtime:
         return UpstreamCluster(name, config, self.loop)
 
     def _compile(self) -> CompiledConfig:
-        config, doc = load_config(self.config_path)
-        return compile_config(config, doc, generation=self._generation + 1, registry=self._policy_types,
-                              services=self._services, clusters=self._cluster_for)
+        return load_and_compile(self.config_path, generation=self._generation + 1, registry=self._policy_types,
+                                services=self._services, clusters=self._cluster_for)
 
     def _install(self, compiled: CompiledConfig) -> None:
         old_clusters = self._clusters
@@ -206,6 +206,7 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         upstreams = {}
+        self.metrics.upstream_healthy.clear()  # upstreams removed by a reload must not linger
         for name, cluster in self._clusters.items():
             healthy = cluster.healthy_count()
             self.metrics.upstream_healthy.labels(name).set(healthy)
@@ -268,9 +269,14 @@ class Runtime:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))
+        self.loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
         self.loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         self.loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+
+    def _reload_in_background(self) -> None:
+        task = self.loop.create_task(self.reload())
+        self._background.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._background.discard)
 
     def request_stop(self) -> None:
         self._stopping.set()

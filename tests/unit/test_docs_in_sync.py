@@ -45,7 +45,7 @@ def test_every_code_is_documented() -> None:
 
 @pytest.mark.parametrize("code", ALL_CODES, ids=lambda c: c.code)
 def test_error_code_shape(code: ErrorCode) -> None:
-    assert re.fullmatch(r"^[a-z]+\.[a-z_]+$", code.code), code.code
+    assert re.fullmatch(r"^[a-z_]+\.[a-z_]+$", code.code), code.code
     assert 400 <= code.status <= 599, (code.code, code.status)
     assert code.title.strip() and code.description.strip()
 

@@ -55,6 +55,7 @@ def create_admin_app(services: AdminServices) -> Starlette:
         return JSONResponse(status, status_code=200 if ready else 503, headers={"cache-control": "no-store"})
 
     async def metrics(request: Request) -> Response:
+        services.status()  # refreshes the gauges that are computed on demand (healthy targets, connections)
         return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def reload(request: Request) -> Response:

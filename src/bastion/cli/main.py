@@ -44,8 +44,8 @@ def run(config_path: str, log_level: str) -> None:
               show_default=True, help="Gateway configuration file.")
 def check(config_path: str) -> None:
     """Validate a configuration offline; every problem is reported with its location. Exit 2 on error."""
-    from bastion.config.loader import ConfigError, load_config
-    from bastion.pipeline.compiler import compile_config
+    from bastion.config.loader import ConfigError
+    from bastion.pipeline.compiler import load_and_compile
     from bastion.pipeline.policy import PolicyServices
     from bastion.policies import builtin_policy_types
     from bastion.proxy.cluster import UpstreamCluster
@@ -53,10 +53,9 @@ def check(config_path: str) -> None:
     async def _check() -> int:
         loop = asyncio.get_running_loop()
         try:
-            config, doc = load_config(config_path)
-            compiled = compile_config(config, doc, generation=1, registry=builtin_policy_types(),
-                                      services=PolicyServices(clock=loop.time),
-                                      clusters=lambda name, up: UpstreamCluster(name, up, loop))
+            compiled = load_and_compile(config_path, generation=1, registry=builtin_policy_types(),
+                                        services=PolicyServices(clock=loop.time),
+                                        clusters=lambda name, up: UpstreamCluster(name, up, loop))
         except ConfigError as exc:
             for issue in exc.issues:
                 click.echo(f"error: {issue}", err=True)

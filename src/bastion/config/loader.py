@@ -108,19 +108,28 @@ def validation_issues(doc: SourceDocument, error: ValidationError, prefix: Loc =
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
+        elif item["type"] == "value_error" and "error" in item.get("ctx", {}):
+            message = str(item["ctx"]["error"])  # our validators' own words, without pydantic's prefix
         issues.append(doc.issue(loc, message))
     return issues
+
+
+def validate_document(doc: SourceDocument) -> tuple[GatewayConfig | None, list[ConfigIssue]]:
+    """Validate the structure of a configuration document: the model, or the located problems."""
+    if not isinstance(doc.data, Mapping):
+        return None, [doc.issue((), "the configuration must be a YAML mapping")]
+    try:
+        return GatewayConfig.model_validate(doc.data), []
+    except ValidationError as exc:
+        return None, validation_issues(doc, exc)
 
 
 def load_config(path: str | os.PathLike[str]) -> tuple[GatewayConfig, SourceDocument]:
     """Read and validate the gateway configuration (structure only; see pipeline.compiler for the rest)."""
     doc = read_document(Path(path))
-    if not isinstance(doc.data, Mapping):
-        raise ConfigError([doc.issue((), "the configuration must be a YAML mapping")])
-    try:
-        config = GatewayConfig.model_validate(doc.data)
-    except ValidationError as exc:
-        raise ConfigError(validation_issues(doc, exc)) from exc
+    config, issues = validate_document(doc)
+    if config is None:
+        raise ConfigError(issues)
     return config, doc
 
 

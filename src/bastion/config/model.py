@@ -256,13 +256,5 @@ class GatewayConfig(Model):
     apis: list[ApiConfig] = Field(default_factory=list, description="The APIs Bastion exposes.")
     policies: PolicyMap = Field(default_factory=dict, description="Policies applied to every route.")
 
-    @model_validator(mode="after")
-    def _references(self) -> GatewayConfig:
-        names: set[str] = set()
-        for api in self.apis:
-            if api.upstream not in self.upstreams:
-                raise ValueError(f"api {api.name!r} names unknown upstream {api.upstream!r}")
-            if api.name in names:
-                raise ValueError(f"api name {api.name!r} is used twice")
-            names.add(api.name)
-        return self
+    # Cross-references (an API's upstream, unique API names) are checked by the compiler, which can point
+    # at the exact key and line; a model validator could only blame the whole document.

@@ -94,6 +94,61 @@ ACCESS_IP_DENIED = ErrorCode(
     "The client address is on a deny-list, or an allow-list is set and the address is not on it.",
 )
 
+# -- authentication ------------------------------------------------------------------------------
+AUTH_CREDENTIALS_MISSING = ErrorCode(
+    "auth.credentials_missing", 401, "Authentication required",
+    "The route needs a credential and none was sent. Send an API key in `Authorization: Bearer <key>` or "
+    "`X-API-Key: <key>` (or an access token, where the route accepts one). `WWW-Authenticate` says which.",
+)
+AUTH_CREDENTIALS_INVALID = ErrorCode(
+    "auth.credentials_invalid", 401, "Invalid credentials",
+    "The credential was not accepted. Unknown, malformed, expired and revoked credentials, a wrong secret "
+    "and a client address outside the credential's allow-list all get this same answer, so that it tells an "
+    "attacker nothing; the precise reason is in the gateway's log under the request id.",
+)
+AUTH_CREDENTIALS_IN_QUERY = ErrorCode(
+    "auth.credentials_in_query", 400, "Credentials in the query string",
+    "An API key or token was sent in the URL's query string, where it would be stored in logs, browser "
+    "history and proxies. It was not used (and is never logged). Send it in the `Authorization: Bearer` or "
+    "`X-API-Key` header, and revoke the exposed credential.",
+)
+AUTH_TOO_MANY_FAILURES = ErrorCode(
+    "auth.too_many_failures", 429, "Too many failed authentication attempts",
+    "This client address sent too many invalid credentials in a short time and is blocked for a while. "
+    "`Retry-After` says for how long.",
+)
+AUTH_UNAVAILABLE = ErrorCode(
+    "auth.unavailable", 503, "Authentication unavailable",
+    "The identity store cannot be reached, so the credential could not be checked. The gateway fails closed. "
+    "Retry after the delay in `Retry-After`.",
+)
+
+# -- authorization -------------------------------------------------------------------------------
+AUTHZ_PERMISSION_DENIED = ErrorCode(
+    "authz.permission_denied", 403, "Permission denied",
+    "The credential is valid but does not grant what this route requires: the problem's `detail` names "
+    "the missing permissions (a request's rights are the credential's scopes intersected with its "
+    "consumer's role permissions). No data of the resource is returned.",
+)
+AUTHZ_LEVEL_INSUFFICIENT = ErrorCode(
+    "authz.level_insufficient", 403, "Key level insufficient",
+    "The API key's level does not allow this request: read keys may only read (GET, HEAD, OPTIONS), and "
+    "administrative routes need an admin-level key.",
+)
+
+# -- rate limiting -------------------------------------------------------------------------------
+RATE_LIMIT_EXCEEDED = ErrorCode(
+    "rate_limit.exceeded", 429, "Rate limit exceeded",
+    "A rate limit of this route was reached for the caller (counted by address, consumer, credential or "
+    "header, as configured). Wait the number of seconds in `Retry-After` before retrying; the "
+    "`RateLimit-Policy` and `RateLimit` headers describe the limits and what remains of them.",
+)
+RATE_LIMIT_UNAVAILABLE = ErrorCode(
+    "rate_limit.unavailable", 503, "Rate limiting unavailable",
+    "The shared rate-limit store cannot be reached and the route's rate-limit policy fails closed, so the "
+    "request could not be checked against its limits. Retry after the delay in `Retry-After`.",
+)
+
 # -- upstream ------------------------------------------------------------------------------------
 UPSTREAM_CONNECT_FAILED = ErrorCode(
     "upstream.connect_failed", 502, "Upstream unreachable",

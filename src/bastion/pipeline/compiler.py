@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from bastion.config.loader import ConfigError, ConfigIssue, Loc, SourceDocument, format_loc
-from bastion.config.model import ApiConfig, GatewayConfig, RouteSettings, UpstreamConfig
-from bastion.config.openapi import load_operations
+from bastion.config.loader import (
+    ConfigError,
+    ConfigIssue,
+    Loc,
+    SourceDocument,
+    read_document,
+    validate_document,
+    validation_issues,
+)
+from bastion.config.model import ApiConfig, GatewayConfig, PolicyMap, RouteSettings, UpstreamConfig
+from bastion.config.openapi import Operation, load_operations
 from bastion.pipeline.compiled import CompiledConfig, CompiledRoute
 from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType
 from bastion.proxy.cluster import UpstreamCluster
-from bastion.routing.router import Router, RouteSpec, TemplateError
+from bastion.routing.router import Router, RouteSpec, TemplateError, split_template
 
 ClusterProvider = Callable[[str, UpstreamConfig], UpstreamCluster]
 _ROUTE_NAME = re.compile(r"[^a-zA-Z0-9_.-]+")
+_POLICY_MAP: TypeAdapter[PolicyMap] = TypeAdapter(PolicyMap)
 
 
 class _PolicyBuilder:
@@ -49,9 +59,7 @@ class _PolicyBuilder:
             try:
                 config = policy_type.config_model.model_validate(raw)
             except ValidationError as exc:
-                for item in exc.errors(include_url=False):
-                    message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-                    self.issues.append(self.doc.issue((*loc, *item["loc"]), message))
+                self.issues.extend(validation_issues(self.doc, exc, loc))
                 continue
             key = (site, name)
             if key not in self._built:
@@ -74,79 +82,172 @@ def _chain(*levels: Mapping[str, BasePolicy | None]) -> tuple[tuple[BasePolicy, 
     return request, response
 
 
-def compile_config(config: GatewayConfig, doc: SourceDocument, *, generation: int,
-                   registry: Mapping[str, PolicyType], services: PolicyServices,
-                   clusters: ClusterProvider) -> CompiledConfig:
+def reference_issues(doc: SourceDocument) -> list[ConfigIssue]:
+    """Cross-references between sections, located at the key that names them.
+
+    Runs on the raw document, so it also reports when other parts failed structural validation.
+    """
+    data = doc.data if isinstance(doc.data, Mapping) else {}
+    upstreams = data.get("upstreams", {})
+    apis = data.get("apis", [])
     issues: list[ConfigIssue] = []
-    base_dir = doc.path.parent
-    builder = _PolicyBuilder(registry, services, doc, issues)
-    global_policies = builder.build_site(("policies",), config.policies)
-    built_clusters = {name: clusters(name, up) for name, up in config.upstreams.items()}
-    specs: list[RouteSpec[CompiledRoute]] = []
-    routes: list[CompiledRoute] = []
-    route_names: set[str] = set()
-    default_body = config.server.limits.max_body_bytes
+    if not isinstance(apis, list):
+        return issues
+    names: set[str] = set()
+    for index, api in enumerate(apis):
+        if not isinstance(api, Mapping):
+            continue
+        upstream = api.get("upstream")
+        if isinstance(upstream, str) and isinstance(upstreams, Mapping) and upstream not in upstreams:
+            known = ", ".join(sorted(str(k) for k in upstreams)) or "none declared"
+            issues.append(doc.issue(("apis", index, "upstream"),
+                                    f"unknown upstream {upstream!r} (known: {known})"))
+        name = api.get("name")
+        if isinstance(name, str):
+            if name in names:
+                issues.append(doc.issue(("apis", index, "name"), f"api name {name!r} is used twice"))
+            names.add(name)
+    return issues
 
-    for api_index, api in enumerate(config.apis):
+
+class _Compiler:
+    """Compiles APIs into routes. Without clusters (a document that failed structural validation) it
+    still checks what it can (policies, OpenAPI documents, route names and paths) and builds no route."""
+
+    def __init__(self, doc: SourceDocument, registry: Mapping[str, PolicyType], services: PolicyServices,
+                 global_policies: Mapping[str, dict[str, Any]], clusters: Mapping[str, UpstreamCluster],
+                 upstreams: Mapping[str, UpstreamConfig], default_body: int) -> None:
+        self.doc = doc
+        self.issues: list[ConfigIssue] = []
+        self.builder = _PolicyBuilder(registry, services, doc, self.issues)
+        self.global_policies = self.builder.build_site(("policies",), global_policies)
+        self.clusters = clusters
+        self.upstreams = upstreams
+        self.default_body = default_body
+        self.specs: list[RouteSpec[CompiledRoute]] = []
+        self.routes: list[CompiledRoute] = []
+        self.route_names: set[str] = set()
+
+    def api(self, api_index: int, api: ApiConfig) -> None:
+        doc = self.doc
         api_loc: Loc = ("apis", api_index)
-        api_policies = builder.build_site((*api_loc, "policies"), api.policies)
-        cluster = built_clusters[api.upstream]
-
-        def add_route(name: str, path: str, methods: list[str], settings: RouteSettings, loc: Loc,
-                      api: ApiConfig = api, api_policies: dict[str, BasePolicy | None] = api_policies,
-                      cluster: UpstreamCluster = cluster) -> None:
-            full_name = f"{api.name}.{name}"
-            if full_name in route_names:
-                issues.append(doc.issue(loc, f"route name {name!r} is used twice in api {api.name!r}"))
-                return
-            route_names.add(full_name)
-            route_policies = builder.build_site((*loc, "policies"), settings.policies)
-            request, response = _chain(global_policies, api_policies, route_policies)
-            body = settings.max_body_bytes
-            if body is None:
-                body = api.max_body_bytes if api.max_body_bytes is not None else default_body
-            mask = settings.mask_upstream_errors
-            route = CompiledRoute(
-                name=full_name, api=api.name, api_version=api.version, lifecycle=api.lifecycle,
-                template=api.base_path + path, upstream=cluster, request_policies=request,
-                response_policies=response, max_body_bytes=body,
-                mask_upstream_errors=api.mask_upstream_errors if mask is None else mask,
-                strip_prefix=api.base_path if api.strip_base_path else "",
-                preserve_host=config.upstreams[api.upstream].preserve_host,
-            )
-            routes.append(route)
-            specs.append(RouteSpec(api.base_path + path, frozenset(methods), route, tuple(api.hosts)))
-
+        api_policies = self.builder.build_site((*api_loc, "policies"), api.policies)
         if api.openapi is not None:
             spec_path = Path(api.openapi)
             if not spec_path.is_absolute():
-                spec_path = base_dir / spec_path
-            try:
-                operations, op_issues = load_operations(spec_path)
-            except ConfigError as exc:
-                issues.extend(exc.issues)
-                operations, op_issues = [], []
-            issues.extend(op_issues)
+                spec_path = doc.path.parent / spec_path
+            operations: list[Operation] = []
+            if not spec_path.is_file():
+                self.issues.append(doc.issue((*api_loc, "openapi"), f"OpenAPI document not found: {spec_path}"))
+            else:
+                try:
+                    operations, op_issues = load_operations(spec_path)
+                    self.issues.extend(op_issues)
+                except ConfigError as exc:
+                    self.issues.extend(exc.issues)
             known_ops = {op.operation_id for op in operations}
             for op_id in api.operations:
-                if op_id not in known_ops:
-                    issues.append(doc.issue((*api_loc, "operations", op_id),
-                                            f"no operation {op_id!r} in {api.openapi}"))
+                if operations and op_id not in known_ops:
+                    self.issues.append(doc.issue((*api_loc, "operations", op_id),
+                                                 f"no operation {op_id!r} in {api.openapi}"))
             for op in operations:
                 settings = api.operations.get(op.operation_id, RouteSettings())
                 name = _ROUTE_NAME.sub("-", op.operation_id)
-                add_route(name, op.path, [op.method], settings, (*api_loc, "operations", op.operation_id))
+                self._route(api, api_policies, name, op.path, [op.method], settings,
+                            (*api_loc, "operations", op.operation_id))
         for route_index, route_cfg in enumerate(api.routes):
-            add_route(route_cfg.name, route_cfg.path, route_cfg.methods, route_cfg,
-                      (*api_loc, "routes", route_index))
+            self._route(api, api_policies, route_cfg.name, route_cfg.path, route_cfg.methods, route_cfg,
+                        (*api_loc, "routes", route_index))
 
+    def _route(self, api: ApiConfig, api_policies: dict[str, BasePolicy | None], name: str, path: str,
+               methods: list[str], settings: RouteSettings, loc: Loc) -> None:
+        doc = self.doc
+        full_name = f"{api.name}.{name}"
+        if full_name in self.route_names:
+            self.issues.append(doc.issue(loc, f"route name {name!r} is used twice in api {api.name!r}"))
+            return
+        self.route_names.add(full_name)
+        route_policies = self.builder.build_site((*loc, "policies"), settings.policies)
+        try:
+            split_template(api.base_path + path)
+        except TemplateError as exc:
+            self.issues.append(doc.issue((*loc, "path"), str(exc)))
+            return
+        cluster = self.clusters.get(api.upstream)
+        if cluster is None:
+            return  # unknown upstream (reported by reference_issues) or a check-only pass
+        request, response = _chain(self.global_policies, api_policies, route_policies)
+        body = settings.max_body_bytes
+        if body is None:
+            body = api.max_body_bytes if api.max_body_bytes is not None else self.default_body
+        mask = settings.mask_upstream_errors
+        route = CompiledRoute(
+            name=full_name, api=api.name, api_version=api.version, lifecycle=api.lifecycle,
+            template=api.base_path + path, upstream=cluster, request_policies=request,
+            response_policies=response, max_body_bytes=body,
+            mask_upstream_errors=api.mask_upstream_errors if mask is None else mask,
+            strip_prefix=api.base_path if api.strip_base_path else "",
+            preserve_host=self.upstreams[api.upstream].preserve_host,
+        )
+        self.routes.append(route)
+        self.specs.append(RouteSpec(api.base_path + path, frozenset(methods), route, tuple(api.hosts)))
+
+
+def compile_config(config: GatewayConfig, doc: SourceDocument, *, generation: int,
+                   registry: Mapping[str, PolicyType], services: PolicyServices,
+                   clusters: ClusterProvider) -> CompiledConfig:
+    built_clusters = {name: clusters(name, up) for name, up in config.upstreams.items()}
+    compiler = _Compiler(doc, registry, services, config.policies, built_clusters, config.upstreams,
+                         config.server.limits.max_body_bytes)
+    issues = compiler.issues
+    issues.extend(reference_issues(doc))
+    for api_index, api in enumerate(config.apis):
+        compiler.api(api_index, api)
     router: Router[CompiledRoute] | None = None
     try:
-        router = Router(specs)
+        router = Router(compiler.specs)
     except TemplateError as exc:
-        issues.append(ConfigIssue(str(doc.path), None, format_loc(("apis",)), str(exc)))
+        issues.append(doc.issue(("apis",), str(exc)))
     if issues or router is None:
-        raise ConfigError(issues)
+        raise ConfigError(_in_order(doc, issues))
     trusted = tuple(ipaddress.ip_network(c, strict=False) for c in config.server.trusted_proxies)
     return CompiledConfig(generation=generation, config=config, router=router, clusters=built_clusters,
-                          trusted_proxies=trusted, source=str(doc.path), routes=tuple(routes))
+                          trusted_proxies=trusted, source=str(doc.path), routes=tuple(compiler.routes))
+
+
+def _in_order(doc: SourceDocument, issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    """The configuration file's problems by line, then those of the documents it names."""
+    main = str(doc.path)
+    return sorted(issues, key=lambda i: (i.file != main, i.file, i.line or 0))
+
+
+def _check_unvalidated(doc: SourceDocument, registry: Mapping[str, PolicyType],
+                       services: PolicyServices) -> list[ConfigIssue]:
+    """What compile_config would report, for a document with structural errors: each API that is valid on
+    its own is checked, so one run reports every problem."""
+    data = doc.data if isinstance(doc.data, Mapping) else {}
+    try:
+        global_policies = _POLICY_MAP.validate_python(data.get("policies", {}))
+    except ValidationError:
+        global_policies = {}  # already reported
+    compiler = _Compiler(doc, registry, services, global_policies, {}, {}, 0)
+    compiler.issues.extend(reference_issues(doc))
+    apis = data.get("apis", [])
+    for api_index, raw in enumerate(apis if isinstance(apis, list) else []):
+        try:
+            api = ApiConfig.model_validate(raw)
+        except ValidationError:
+            continue  # already reported
+        compiler.api(api_index, api)
+    return compiler.issues
+
+
+def load_and_compile(path: str | os.PathLike[str], *, generation: int, registry: Mapping[str, PolicyType],
+                     services: PolicyServices, clusters: ClusterProvider) -> CompiledConfig:
+    """Read, validate and compile a configuration file; every problem found is in one ConfigError."""
+    doc = read_document(Path(path))
+    config, issues = validate_document(doc)
+    if config is None:
+        raise ConfigError(_in_order(doc, [*issues, *_check_unvalidated(doc, registry, services)]))
+    return compile_config(config, doc, generation=generation, registry=registry, services=services,
+                          clusters=clusters)

@@ -68,6 +68,7 @@ class RequestContext:
     path_params: dict[str, str] = field(default_factory=dict)
     identity: Any = None  # set by authentication policies (later issues)
     upstream_headers: dict[str, str] = field(default_factory=dict)  # added/overridden on the upstream request
+    strip_upstream_headers: set[str] = field(default_factory=set)  # lower-case names not sent upstream
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the response
     reject_code: str | None = None
     log_reason: str | None = None

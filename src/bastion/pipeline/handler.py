@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from bastion.errors import codes
 from bastion.errors.codes import ErrorCode
 from bastion.observability.redaction import redact_query
-from bastion.pipeline.compiled import CompiledConfig, CompiledRoute
+from bastion.pipeline.compiled import CompiledConfig, CompiledRoute, IpNetwork
 from bastion.pipeline.context import Headers, RequestContext, ResponseHead
 from bastion.pipeline.policy import Reject
 from bastion.proxy.cluster import Target, UpstreamCluster
@@ -65,6 +65,7 @@ class GatewayHandler:
         self._access_log = access_log
         self._clock = clock
         self._trusted_cache: dict[str, bool] = {}
+        self._trusted_nets: tuple[IpNetwork, ...] = ()  # what the cache was computed for
         self._loop = asyncio.get_event_loop()
 
     # -- Handler protocol --------------------------------------------------------------------------
@@ -163,6 +164,10 @@ class GatewayHandler:
         ex.send_problem(reject.code, reject.detail, headers=headers)
 
     def _is_trusted(self, ip: str, config: CompiledConfig) -> bool:
+        if config.trusted_proxies is not self._trusted_nets:
+            # A reload may have changed the trusted proxies: verdicts for the old list no longer hold.
+            self._trusted_nets = config.trusted_proxies
+            self._trusted_cache.clear()
         cached = self._trusted_cache.get(ip)
         if cached is None:
             try:
@@ -216,8 +221,7 @@ class GatewayHandler:
                 break
             target = cluster.pick(exclude=tried)
             if target is None:
-                error = UpstreamUnavailable("no healthy target")
-                break
+                break  # after a failed attempt, answer with that failure rather than "unavailable"
             tried = target
             reused = False
             exchange: _ProxyExchange | None = None
@@ -231,7 +235,7 @@ class GatewayHandler:
                     if ex.client_gone:
                         target.pool.release(conn, reusable=True)
                         return
-                    exchange = _ProxyExchange(ex, ctx, route, cluster, target, conn)
+                    exchange = _ProxyExchange(ex, ctx, route, cluster, target, conn, self._metrics)
                     outcome = await exchange.run(self._upstream_head(ex, ctx, route, target, config),
                                                  timeouts.read)
             except TimeoutError:
@@ -249,6 +253,7 @@ class GatewayHandler:
                 cluster.report_failure(target)  # a stale pooled connection says nothing of the target
             if ex.response_started or not outcome.before_response:
                 if not ex.response_done:
+                    ex.scratch["log_reason"] = outcome.reason  # the access log says why the response was cut
                     ex.abort()
                 return
             if not (retryable and outcome.retryable_kind):
@@ -307,11 +312,12 @@ class _ProxyExchange:
     """One attempt: request to a pooled connection, response back to the client (a ResponseSink)."""
 
     __slots__ = ("_body_sent", "_chunked_up", "_done", "_masking", "_released", "_sent_at", "cluster", "conn",
-                 "ctx", "ex", "route", "target", "upstream_status")
+                 "ctx", "ex", "metrics", "route", "target", "upstream_status")
 
     def __init__(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, cluster: UpstreamCluster,
-                 target: Target, conn: UpstreamConnection) -> None:
+                 target: Target, conn: UpstreamConnection, metrics: GatewayMetrics) -> None:
         self.ex = ex
+        self.metrics = metrics
         self.ctx = ctx
         self.route = route
         self.cluster = cluster
@@ -375,6 +381,7 @@ class _ProxyExchange:
         elapsed = time.monotonic() - self._sent_at
         ex.scratch["upstream_status"] = status
         ex.scratch["upstream_ms"] = round(elapsed * 1000, 3)
+        self.metrics.observe_upstream(self.cluster.name, elapsed)
         self.upstream_status = status
         if status in (502, 503, 504):
             self.cluster.report_failure(self.target)

@@ -89,10 +89,12 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             assert self._parser is not None
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._fail(UpstreamBadResponse("unparseable upstream response",
-                                           before_response=not self._response_started))
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, UpstreamError) else
+                       UpstreamBadResponse("unparseable upstream response", before_response=not self._response_started))
             return
+        # Still no complete head: everything received so far is head.
         if not self._response_started and self._head_bytes > self._max_head and self._sink is not None:
             self._fail(UpstreamBadResponse("upstream response head too large"))
 
@@ -115,7 +117,8 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim responses (100, 103) are not forwarded: the gateway answers Expect itself.
             self._headers = []
             return
-        if self._head_bytes > self._max_head:
+        # Measured on the parsed head: the read that completed it may also hold body bytes.
+        if sum(len(n) + len(v) + 4 for n, v in self._headers) > self._max_head:
             raise UpstreamBadResponse("upstream response head too large")
         self.keep_alive = self._parser.should_keep_alive()
         self._response_started = True

@@ -75,6 +75,9 @@ class TargetPool:
         if not reusable or conn.closed or not conn.keep_alive or self.closing:
             self._discard(conn)
             return
+        # A slow client may have paused reading in the very read that completed the response; a pooled
+        # connection must read (its next response, or the upstream closing it).
+        conn.resume_reading()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

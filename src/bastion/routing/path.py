@@ -20,6 +20,9 @@ _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # Characters that stay literal when the canonical path is re-encoded for the upstream (RFC 3986 pchar).
 _SAFE = "/:@!$&'()*+,;=-._~"
+# Most real paths are plain ASCII pchars with nothing to decode or resolve: one regex decides that.
+_PLAIN = re.compile(rb"/[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
+_PLAIN_TEXT = re.compile(r"/[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
 
 
 class InvalidPath(ValueError):
@@ -28,6 +31,8 @@ class InvalidPath(ValueError):
 
 def canonical_path(raw: bytes) -> str:
     """Return the canonical, decoded path for ``raw`` (the path part of the target, no query)."""
+    if _PLAIN.fullmatch(raw) and b"/." not in raw and b"//" not in raw:
+        return raw.decode("ascii")
     if not raw.startswith(b"/"):
         raise InvalidPath("path must start with /")
     if b"\\" in raw or b"\x00" in raw:
@@ -65,6 +70,6 @@ def canonical_path(raw: bytes) -> str:
 
 def encode_path(path: str) -> str:
     """Re-encode a canonical path for the upstream request line."""
-    if path.isascii() and all(ch.isalnum() or ch in _SAFE for ch in path):
+    if _PLAIN_TEXT.fullmatch(path):
         return path
     return quote(path, safe=_SAFE)

@@ -17,9 +17,7 @@ class RedirectHandler:
         self._finished = finished
 
     def begin(self, exchange: Exchange) -> None:
-        exchange.max_body_bytes = 0  # never read a body sent in clear text
-        exchange.body_expected = False
-        exchange.close_after = True
+        exchange.discard_body()  # never read a body sent in clear text
 
     async def handle(self, exchange: Exchange) -> None:
         port = self._https_port()

@@ -1,0 +1,134 @@
+"""The targets a run measures. THIS IS THE EXTENSION POINT for new policy chains.
+
+A target is a `TargetSpec`: a name, the kind of system it starts (`direct`, `nginx`, `bastion`), and
+for Bastion targets a function that renders the gateway configuration (a dict, written as YAML) from
+a `TargetContext`. To benchmark a new chain, write a `render_*` function (start from `bastion_base`),
+optionally `headers` (e.g. an API key or a JWT the load generator sends) and `prepare` (start an
+auxiliary service such as Redis through `ctx.registry`, which the harness cleans up), then append a
+`TargetSpec` to `TARGETS`. Bars may compare against any target of the same run, e.g.
+`Bar("rps", 0.8, reference="bastion-passthrough")`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harness import Pinning, ProcessRegistry
+
+Kind = Literal["direct", "nginx", "bastion"]
+
+API_NAME = "items"
+ROUTE_NAME = "list-items"
+ROUTE_LABEL = f"{API_NAME}.{ROUTE_NAME}"  # the `route` label Bastion's metrics use: <api>.<route>
+
+
+@dataclass(frozen=True)
+class Bar:
+    """A pass/fail bar relative to another target's median in the same run.
+
+    metric "rps": target rps >= threshold x reference rps.
+    metric "p99": target p99 <= threshold x reference p99.
+    metric "cpu": target CPU us/req <= threshold x reference CPU us/req.
+    """
+
+    metric: Literal["rps", "p99", "cpu"]
+    threshold: float
+    reference: str = "nginx"
+
+    def describe(self) -> str:
+        if self.metric == "rps":
+            return f"rps >= {self.threshold:.2f} x {self.reference}"
+        label = "p99" if self.metric == "p99" else "CPU us/req"
+        return f"{label} <= {self.threshold:.2f} x {self.reference}"
+
+
+@dataclass
+class TargetContext:
+    """What a renderer may use: where the upstream is, a private work directory, the process registry."""
+
+    target: str
+    rep: int
+    workdir: Path
+    upstream_url: str
+    registry: ProcessRegistry
+    pinning: Pinning
+    extras: dict[str, Any] = field(default_factory=dict)  # state a `prepare` hook hands to `render`
+
+
+Renderer = Callable[[TargetContext], dict[str, Any]]
+HeaderFactory = Callable[[TargetContext], dict[str, str]]
+Prepare = Callable[[TargetContext], None]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    kind: Kind
+    description: str
+    render: Renderer | None = None  # Bastion targets: the gateway configuration
+    headers: HeaderFactory | None = None  # sent with every request (load and health check)
+    prepare: Prepare | None = None  # start auxiliary services before the target
+    bars: tuple[Bar, ...] = ()
+    reference_only: bool = False  # shown in the table, never judged
+    check_metrics: bool = True  # Bastion: compare bastion_requests_total with the requests sent
+    route_label: str = ROUTE_LABEL  # the metrics `route` label of the benchmarked route
+
+
+
+def bastion_base(ctx: TargetContext, *, access_log: bool) -> dict[str, Any]:
+    """One API, one route (GET /api/v1/items) to the upstream; plain HTTP; no policies."""
+    return {
+        "version": 1,
+        "server": {
+            "https": {"enabled": False},
+            "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
+            "admin": {"enabled": True, "host": "127.0.0.1", "port": 0},
+            "access_log": {"enabled": access_log, "path": "access.log"},
+            "data_dir": "data",
+            "drain_timeout": 2.0,
+        },
+        "upstreams": {"items": {"targets": [{"url": ctx.upstream_url}]}},
+        "apis": [{
+            "name": API_NAME,
+            "version": "v1",
+            "base_path": "/api/v1",
+            "upstream": "items",
+            "routes": [{"name": ROUTE_NAME, "path": "/items", "methods": ["GET"]}],
+        }],
+        "policies": {},
+    }
+
+
+def render_passthrough(ctx: TargetContext) -> dict[str, Any]:
+    return bastion_base(ctx, access_log=False)
+
+
+def render_policies(ctx: TargetContext) -> dict[str, Any]:
+    """The foundation's always-on protections: ip-allow, security headers, default limits, access log."""
+    config = bastion_base(ctx, access_log=True)
+    config["policies"] = {
+        "ip-allow": {"allow": ["127.0.0.0/8", "::1/128"]},
+        "security-headers": {},
+    }
+    return config
+
+
+# Later chains plug in here, each compared with bastion-passthrough in the same run, e.g.:
+#   TargetSpec("bastion-apikey-rbac", "bastion", "API key + RBAC", render=render_apikey_rbac,
+#              headers=lambda ctx: {"X-API-Key": ctx.extras["api_key"]}, prepare=create_key,
+#              bars=(Bar("rps", 0.8, reference="bastion-passthrough"),))
+#   "bastion-jwt-scopes" (JWT cached + scopes), "bastion-ratelimit-memory", "bastion-ratelimit-redis"
+#   (prepare starts redis-server through ctx.registry, pinned to ctx.pinning.load_core).
+TARGETS: list[TargetSpec] = [
+    TargetSpec("direct", "direct", "wrk straight at the upstream nginx (no proxy): reference only",
+               reference_only=True),
+    TargetSpec("nginx", "nginx", "nginx reverse proxy, 1 worker, upstream keepalive 256: the reference"),
+    TargetSpec("bastion-passthrough", "bastion", "Bastion, plain HTTP, no policies, access log off",
+               render=render_passthrough, bars=(Bar("rps", 0.40), Bar("p99", 3.0))),
+    TargetSpec("bastion-policies", "bastion", "Bastion + ip-allow + security-headers + default limits "
+               "+ access log to a file + metrics", render=render_policies,
+               bars=(Bar("rps", 0.30), Bar("p99", 3.0))),
+]

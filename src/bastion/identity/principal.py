@@ -1,0 +1,36 @@
+"""Who is calling: what authentication policies put in ``RequestContext.identity``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    consumer_id: str
+    consumer_name: str
+    credential_id: str  # API key id, OAuth client id, token id: never a secret
+    credential_kind: str  # "api-key", "jwt", ...
+    level: str | None  # API keys: read | write | admin
+    permissions: frozenset[str]  # effective rights: credential scopes intersected with role permissions
+    plan: str | None = None
+    admin_role: str | None = None
+
+    def may_use_method(self, method: str) -> bool:
+        """Read-level credentials may only read."""
+        return self.level != "read" or method in READ_METHODS
+
+    def missing(self, required: frozenset[str]) -> frozenset[str]:
+        """Required permissions this principal lacks (``*`` in a grant matches a whole segment tail)."""
+        if "*" in self.permissions:
+            return frozenset()
+        missing = set()
+        for permission in required:
+            if permission in self.permissions:
+                continue
+            if any(g.endswith(":*") and permission.startswith(g[:-1]) for g in self.permissions):
+                continue
+            missing.add(permission)
+        return frozenset(missing)

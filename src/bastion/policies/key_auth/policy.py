@@ -1,0 +1,145 @@
+"""`key-auth`: leveled API keys from `Authorization: Bearer` or `X-API-Key`, never from the query string.
+
+Every way a key can be wrong gets the same 401 (`auth.credentials_invalid`); the reason goes to the access
+log. The consumed credential is removed from the upstream request, and the consumer id is forwarded
+instead. Addresses that send many invalid keys are blocked for a while (counted in the shared counter
+store when there is one, so several nodes count together).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import ClassVar
+
+from pydantic import BaseModel
+
+from bastion.errors.codes import (
+    AUTH_CREDENTIALS_IN_QUERY,
+    AUTH_CREDENTIALS_INVALID,
+    AUTH_CREDENTIALS_MISSING,
+    AUTH_TOO_MANY_FAILURES,
+    AUTH_UNAVAILABLE,
+)
+from bastion.identity.authenticator import AuthFailure, KeyAuthenticator
+from bastion.pipeline.context import RequestContext
+from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType, Reject, Stage
+from bastion.policies.key_auth.config import KeyAuthConfig
+from bastion.ratelimit.algorithms import Algorithm, RuleSpec
+from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore
+from bastion.storage.identity_store import StoreUnavailable
+
+log = logging.getLogger("bastion.auth")
+
+_QUERY_CREDENTIAL_NAMES = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token",
+                                     "x-api-key", "auth", "authorization"})
+_CHALLENGE = 'Bearer realm="bastion"'
+_MAX_BLOCKED = 100_000
+
+
+def credentials_in_query(query: str) -> bool:
+    """A key-shaped value, or a parameter named like a credential, anywhere in the query string."""
+    if not query:
+        return False
+    if "bst_" in query:
+        return True
+    for pair in query.split("&"):
+        name = pair.partition("=")[0].lower()
+        if name in _QUERY_CREDENTIAL_NAMES:
+            return True
+    return False
+
+
+class KeyAuthPolicy(BasePolicy):
+    name: ClassVar[str] = "key-auth"
+    stage: ClassVar[Stage] = Stage.AUTHENTICATE
+    Config: ClassVar[type[BaseModel]] = KeyAuthConfig
+
+    def __init__(self, config: KeyAuthConfig, services: PolicyServices) -> None:
+        authenticator = services.extras.get("key_authenticator")
+        if not isinstance(authenticator, KeyAuthenticator):
+            raise ValueError("key-auth needs the identity store (it is set up by the gateway runtime)")
+        self._authenticator = authenticator
+        self._clock = services.clock
+        self._header = config.header.lower()
+        self._header_bytes = self._header.encode("latin-1")
+        self._consumer_header = config.forward_consumer_header
+        self._consumer_name_header = config.forward_consumer_name_header
+        counters = services.extras.get("counters")
+        self._counters: CounterStore = counters if counters is not None else MemoryCounterStore()
+        failed = config.failed_auth
+        self._failure_rule = RuleSpec(Algorithm.SLIDING_WINDOW, failed.max_failures, failed.window)
+        self._block_seconds = failed.block
+        self._blocked: dict[str, float] = {}
+
+    def _presented(self, ctx: RequestContext) -> str | None:
+        for name, value in ctx.headers.items:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    return token.strip()
+            elif name == self._header_bytes and value.strip():
+                return value.decode("latin-1").strip()
+        return None
+
+    async def on_request(self, ctx: RequestContext) -> Reject | None:
+        now = self._clock()
+        if self._blocked:
+            until = self._blocked.get(ctx.client_ip)
+            if until is not None:
+                if now < until:
+                    return Reject(AUTH_TOO_MANY_FAILURES,
+                                  "Too many invalid credentials from your address; try again later.",
+                                  {"Retry-After": str(math.ceil(until - now))},
+                                  log_reason="client address blocked after repeated invalid credentials")
+                del self._blocked[ctx.client_ip]
+        if credentials_in_query(ctx.query):
+            return Reject(AUTH_CREDENTIALS_IN_QUERY,
+                          "Credentials are never accepted in the URL. Send the API key in the "
+                          "'Authorization: Bearer <key>' or 'X-API-Key' header, and revoke the exposed key.",
+                          log_reason="credential in query string")
+        presented = self._presented(ctx)
+        if presented is None:
+            return Reject(AUTH_CREDENTIALS_MISSING,
+                          "Send an API key in the 'Authorization: Bearer <key>' or 'X-API-Key' header.",
+                          {"WWW-Authenticate": _CHALLENGE}, log_reason="no credential")
+        try:
+            result = await self._authenticator.authenticate(presented, ctx.client_ip)
+        except StoreUnavailable:
+            log.error("identity store unavailable: refusing request %s", ctx.request_id)
+            return Reject(AUTH_UNAVAILABLE, "Credentials cannot be checked right now; retry shortly.",
+                          {"Retry-After": "1"}, log_reason="identity store unavailable")
+        ctx.strip_upstream_headers.update(("authorization", self._header))
+        if isinstance(result, AuthFailure):
+            await self._count_failure(ctx.client_ip, now)
+            reason = result.reason if result.key_id is None else f"{result.reason} (key {result.key_id})"
+            return Reject(AUTH_CREDENTIALS_INVALID, "The credential was not accepted.",
+                          {"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'}, log_reason=reason)
+        ctx.identity = result
+        if self._consumer_header:
+            ctx.upstream_headers[self._consumer_header.lower()] = result.consumer_id
+        if self._consumer_name_header:
+            ctx.upstream_headers[self._consumer_name_header.lower()] = result.consumer_name
+        return None
+
+    async def _count_failure(self, client_ip: str, now: float) -> None:
+        try:
+            decision = await self._counters.hit(f"authfail:{client_ip}", self._failure_rule, 1, now)
+        except CounterStoreError:
+            return  # the failure counter is a brake, not a gate: the credential was refused anyway
+        if not decision.allowed:
+            if len(self._blocked) >= _MAX_BLOCKED:
+                self._blocked.clear()
+            self._blocked[client_ip] = now + self._block_seconds
+            log.warning("blocking %s for %.0f s after repeated invalid credentials", client_ip,
+                        self._block_seconds)
+
+
+def _build(config: BaseModel, services: PolicyServices) -> BasePolicy:
+    if not isinstance(config, KeyAuthConfig):
+        raise TypeError("key-auth expects KeyAuthConfig")
+    return KeyAuthPolicy(config, services)
+
+
+POLICY_TYPE = PolicyType("key-auth", Stage.AUTHENTICATE, KeyAuthConfig, _build,
+                         "Authenticate requests with leveled API keys.")

@@ -1,0 +1,1 @@
+"""Rate limiting per client, consumer, credential or header."""

@@ -1,0 +1,222 @@
+"""The `rate-limit` policy: counts requests per key in a counter store and refuses over-limit ones (429).
+
+Every response of a limited route carries the IETF headers of draft-ietf-httpapi-ratelimit-headers-11
+(structured fields, unchanged since -08): `RateLimit-Policy: "name";q=<quota>;w=<window s>` and
+`RateLimit: "name";r=<remaining>;t=<seconds>`, one list member per limit that applied to the request.
+`t` is the seconds until the current window ends (sliding window) or the bucket is full again (GCRA); on a
+refusal it is the Retry-After delay, so that Retry-After never points before the end of the window.
+
+Counters live in `services.extras["counters"]` (a CounterStore shared by every policy instance and kept
+across reloads: memory on one node, Redis for several) or, without it, in a memory store of this instance.
+`services.extras["policy_site"]` names the declaration site, so that two sites with a same-named limit
+never share a counter; without it the site is a digest of the configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from typing import ClassVar
+
+from pydantic import BaseModel
+
+from bastion.errors.codes import RATE_LIMIT_EXCEEDED, RATE_LIMIT_UNAVAILABLE
+from bastion.pipeline.context import RequestContext
+from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType, Reject, Stage
+from bastion.policies.rate_limit.config import (
+    READ_METHODS,
+    LimitConfig,
+    MethodClass,
+    Mode,
+    PlanLimit,
+    RateLimitConfig,
+)
+from bastion.policies.rate_limit.keys import KeyFunction, key_function
+from bastion.ratelimit.algorithms import Decision, RuleSpec
+from bastion.ratelimit.failover import UNAVAILABLE_RETRY_AFTER, FailureMode, LocalFallback
+from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore
+
+log = logging.getLogger("bastion.ratelimit")
+
+_ceil = math.ceil
+_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE")
+_LOG_INTERVAL = 1.0  # seconds between two log lines of one kind: an attack must not flood the log
+_UNITS = ((86400.0, "day"), (3600.0, "hour"), (60.0, "minute"), (1.0, "second"))
+
+
+def describe_period(seconds: float) -> str:
+    """`second`, `5 minutes`, `500 ms`: for client-facing messages."""
+    for size, unit in _UNITS:
+        count = seconds / size
+        if count >= 1 and count == int(count):
+            return unit if count == 1 else f"{int(count)} {unit}s"
+    if seconds < 1:
+        return f"{round(seconds * 1000, 3):g} ms"
+    return f"{seconds:g} seconds"
+
+
+class _Variant:
+    """One limit under one plan: its rule and the text it puts in headers and messages, built once."""
+
+    __slots__ = ("detail", "item_prefix", "policy_item", "rule")
+
+    def __init__(self, name: str, rule: RuleSpec) -> None:
+        self.rule = rule
+        window = max(1, math.ceil(rule.period))  # `w` is whole seconds: scale the quota to it
+        quota = rule.limit if window == rule.period else int(rule.limit * window / rule.period)
+        self.policy_item = f'"{name}";q={quota};w={window}'
+        self.item_prefix = f'"{name}";r='
+        self.detail = f"Limit of {rule.limit} requests per {describe_period(rule.period)} reached; retry after "
+
+
+class _Limit:
+    __slots__ = ("base", "costs", "key", "name", "plans")
+
+    def __init__(self, config: LimitConfig, plans: dict[str, dict[str, PlanLimit]], site: str) -> None:
+        self.name = config.name
+        self.key: KeyFunction = key_function(f"{site}|{config.name}|", config.key)
+        self.costs = {m: config.cost.get(m, 1) for m in _METHODS}
+        base = RuleSpec(config.algorithm, config.rate, config.per, config.burst or 0)
+        self.base = _Variant(config.name, base)
+        self.plans: dict[str, _Variant] = {}
+        for plan, overrides in plans.items():
+            override = overrides.get(config.name)
+            if override is not None:
+                rule = RuleSpec(config.algorithm, override.rate, override.per or config.per, override.burst or 0)
+                self.plans[plan] = _Variant(config.name, rule)
+
+
+class _LogThrottle:
+    __slots__ = ("_next", "suppressed")
+
+    def __init__(self) -> None:
+        self._next = -math.inf
+        self.suppressed = 0
+
+    def ready(self, now: float) -> bool:
+        if now < self._next:
+            self.suppressed += 1
+            return False
+        self._next = now + _LOG_INTERVAL
+        return True
+
+
+class RateLimitPolicy(BasePolicy):
+    name: ClassVar[str] = "rate-limit"
+    stage: ClassVar[Stage] = Stage.LIMIT
+    Config: ClassVar[type[BaseModel]] = RateLimitConfig
+
+    def __init__(self, config: RateLimitConfig, services: PolicyServices) -> None:
+        self._clock = services.clock
+        store = services.extras.get("counters")
+        if store is None:
+            store = MemoryCounterStore()
+        self._store: CounterStore = store
+        # The memory store answers synchronously: calling it directly saves a coroutine per limit.
+        self._memory = store if isinstance(store, MemoryCounterStore) else None
+        self._shadow = config.mode is Mode.SHADOW
+        self._failure_mode = config.on_store_failure
+        self._fallback = LocalFallback(config.nodes) if config.on_store_failure is FailureMode.LOCAL else None
+        site = services.extras.get("policy_site")
+        if not isinstance(site, str) or not site:
+            site = "cfg-" + hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+        limits = [_Limit(limit, config.plans, site) for limit in config.limits]
+        reads = tuple(x for x, c in zip(limits, config.limits, strict=True) if c.methods is not MethodClass.WRITE)
+        writes = tuple(x for x, c in zip(limits, config.limits, strict=True) if c.methods is not MethodClass.READ)
+        self._by_method = {m: reads if m in READ_METHODS else writes for m in _METHODS}
+        self._writes = writes  # any other method is a write
+        self._shadow_log = _LogThrottle()
+        self._failure_log = _LogThrottle()
+        self.store_failures = 0  # hits the store could not answer (each handled per on_store_failure)
+
+    async def on_request(self, ctx: RequestContext) -> Reject | None:
+        method = ctx.method
+        limits = self._by_method.get(method, self._writes)
+        if not limits:
+            return None
+        now = self._clock()
+        identity = ctx.identity
+        plan = None if identity is None else getattr(identity, "plan", None)
+        memory = self._memory
+        # Header values built as strings: with one limit (the usual case) no list, no join.
+        policy_field = ""
+        state_field = ""
+        for limit in limits:
+            key = limit.key(ctx)
+            if key is None:
+                continue  # anonymous request on a consumer key, or the keyed header is absent
+            variant = limit.base if plan is None else limit.plans.get(plan, limit.base)
+            policy_field = f"{policy_field}, {variant.policy_item}" if policy_field else variant.policy_item
+            cost = limit.costs.get(method, 1)
+            if memory is not None:
+                decision = memory.hit_now(key, variant.rule, cost, now)
+            else:
+                try:
+                    decision = await self._store.hit(key, variant.rule, cost, now)
+                except CounterStoreError as exc:
+                    fallback = self._store_failed(ctx, exc, key, variant.rule, cost, now)
+                    if fallback is None:
+                        if self._failure_mode is FailureMode.CLOSED and not self._shadow:
+                            return Reject(RATE_LIMIT_UNAVAILABLE, "Rate limits cannot be checked right now; "
+                                          "retry shortly.", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+                                          log_reason=f"rate-limit store failed ({limit.name}): {exc}")
+                        continue  # admitted unchecked: no state to report
+                    decision = fallback
+            if decision.allowed:
+                state = f"{variant.item_prefix}{decision.remaining};t={_ceil(decision.reset_after)}"
+                state_field = f"{state_field}, {state}" if state_field else state
+                continue
+            wait = _ceil(decision.retry_after) or 1
+            state = f"{variant.item_prefix}{decision.remaining};t={wait}"
+            state_field = f"{state_field}, {state}" if state_field else state
+            if self._shadow:
+                self._shadowed(ctx, limit.name, now)
+                continue
+            headers = ctx.response_headers
+            headers["RateLimit-Policy"] = policy_field
+            headers["RateLimit"] = state_field
+            return Reject(RATE_LIMIT_EXCEEDED, f"{variant.detail}{wait} s.", {"Retry-After": str(wait)},
+                          log_reason=f"rate limit {limit.name!r} exceeded; retry after {decision.retry_after:.3f} s")
+        if policy_field:
+            headers = ctx.response_headers
+            headers["RateLimit-Policy"] = policy_field
+            if state_field:
+                headers["RateLimit"] = state_field
+        return None
+
+    def _shadowed(self, ctx: RequestContext, name: str, now: float) -> None:
+        ctx.scratch.setdefault("rate_limit_shadow", name)
+        throttle = self._shadow_log
+        if throttle.ready(now):
+            log.info("rate limit %r would refuse a request (shadow mode; %d similar not logged)", name,
+                     throttle.suppressed)
+            throttle.suppressed = 0
+
+    def _store_failed(self, ctx: RequestContext, exc: CounterStoreError, key: str, rule: RuleSpec, cost: int,
+                      now: float) -> Decision | None:
+        """A decision from the fallback (`local`), or None: refuse (`closed`) or admit unchecked (`open`)."""
+        self.store_failures += 1
+        ctx.scratch["rate_limit_store_failed"] = True
+        mode = self._failure_mode
+        throttle = self._failure_log
+        if throttle.ready(now):
+            log.warning("rate-limit counter store failed, failing %s (%d similar not logged): %s",
+                        "local" if self._fallback is not None else mode.value, throttle.suppressed, exc)
+            throttle.suppressed = 0
+        if self._fallback is not None:
+            ctx.scratch["rate_limit_local"] = True
+            return self._fallback.hit(key, rule, cost, now)
+        if mode is FailureMode.OPEN or self._shadow:
+            ctx.scratch["rate_limit_failed_open"] = True
+        return None
+
+
+def _build(config: BaseModel, services: PolicyServices) -> BasePolicy:
+    if not isinstance(config, RateLimitConfig):
+        raise TypeError(f"rate-limit expects RateLimitConfig, got {type(config).__name__}")
+    return RateLimitPolicy(config, services)
+
+
+POLICY_TYPE = PolicyType("rate-limit", Stage.LIMIT, RateLimitConfig, _build,
+                         "Limit request rates per client, consumer, credential or header (429 with Retry-After).")

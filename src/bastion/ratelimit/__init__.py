@@ -1,0 +1,23 @@
+"""Rate-limiting core: algorithms, counter stores and store-failure handling.
+
+A lower layer: nothing here imports the pipeline, the server or the runtime. The `rate-limit` policy
+(bastion.policies.rate_limit) builds on it.
+"""
+
+from __future__ import annotations
+
+from bastion.ratelimit.algorithms import Algorithm, Decision, RuleSpec
+from bastion.ratelimit.failover import FailureMode, LocalFallback
+from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore, RedisCounterStore
+
+__all__ = [
+    "Algorithm",
+    "CounterStore",
+    "CounterStoreError",
+    "Decision",
+    "FailureMode",
+    "LocalFallback",
+    "MemoryCounterStore",
+    "RedisCounterStore",
+    "RuleSpec",
+]
