@@ -140,7 +140,9 @@ def test_broken_bodies_do_not_eject_the_upstream(hardened_gateway: Gateway) -> N
             with RawConnection(hardened_gateway.ports["http"]) as conn:
                 conn.send(post(b"Transfer-Encoding: chunked", target=target, body=broken[i % len(broken)]))
                 response = conn.read_response(HEAD_TIMEOUT + 2.0)
-                assert response is not None and response.status == 400
+                # An undeclared route may be answered from the head alone, before the body breaks.
+                expected = {400} if target == b"/v1/echo" else {400, 404}
+                assert response is not None and response.status in expected
     time.sleep(0.5)
     with RawConnection(hardened_gateway.ports["http"]) as conn:
         conn.send(get(b"/v1/echo"))

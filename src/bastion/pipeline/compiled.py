@@ -38,3 +38,5 @@ class CompiledConfig:
     trusted_proxies: tuple[IpNetwork, ...]
     source: str = ""
     routes: tuple[CompiledRoute, ...] = field(default_factory=tuple)
+    # (host, method, path) -> router outcome; bounded by the handler. Paths repeat far more than they vary.
+    match_cache: dict[tuple[str, str, str], object] = field(default_factory=dict)

@@ -9,13 +9,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from bastion.config.model import Lifecycle
 from bastion.errors import codes
 from bastion.errors.codes import ErrorCode
 from bastion.observability.redaction import redact_query
 from bastion.pipeline.compiled import CompiledConfig, CompiledRoute, IpNetwork
 from bastion.pipeline.context import Headers, RequestContext, ResponseHead
-from bastion.pipeline.policy import Reject
-from bastion.proxy.cluster import Target, UpstreamCluster
+from bastion.pipeline.policy import PENDING, Reject
+from bastion.proxy.cluster import Target
 from bastion.proxy.connection import UpstreamConnection
 from bastion.proxy.errors import (
     UpstreamBadResponse,
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bastion.gateway")
 
+_MISS = object()
+_MATCH_CACHE_SIZE = 8192
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 _DROP_RESPONSE = HOP_BY_HOP | LEAKY_RESPONSE | {b"x-request-id", b"strict-transport-security"}
@@ -66,7 +69,8 @@ class GatewayHandler:
         self._clock = clock
         self._trusted_cache: dict[str, bool] = {}
         self._trusted_nets: tuple[IpNetwork, ...] = ()  # what the cache was computed for
-        self._loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_event_loop()
+        self.metrics = metrics
 
     # -- Handler protocol --------------------------------------------------------------------------
     def begin(self, ex: Exchange) -> None:
@@ -75,12 +79,62 @@ class GatewayHandler:
         scratch["config"] = config
         if ex.path_error is not None:
             return
-        match = config.router.match(ex.host, ex.method, ex.path)
+        key = (ex.host, ex.method, ex.path)
+        cache = config.match_cache
+        match = cache.get(key, _MISS)
+        if match is _MISS:
+            match = config.router.match(ex.host, ex.method, ex.path)
+            if len(cache) >= _MATCH_CACHE_SIZE:
+                cache.clear()
+            cache[key] = match
         scratch["match"] = match
         if isinstance(match, Match):
             ex.max_body_bytes = match.target.max_body_bytes
 
+    def try_fast(self, ex: Exchange) -> bool:
+        """Serve the request from the parser callback when nothing has to wait: every policy decides
+        synchronously and an idle pooled upstream connection is at hand. A task per request costs more
+        than the rest of a proxy hop (measured); anything that must wait continues in a task."""
+        ctx = self._prepare(ex)
+        if ctx is None:
+            return True  # answered (404, 405, 410, bad path)
+        route = ctx.route
+        assert route is not None
+        policies = route.request_policies
+        for index, policy in enumerate(policies):
+            outcome = policy.try_sync(ctx)
+            if outcome is PENDING:
+                self.loop.create_task(self._continue(ex, ctx, route, index))
+                return True
+            if outcome is not None:
+                assert isinstance(outcome, Reject)
+                self._reject(ex, ctx, outcome)
+                return True
+        forwarding = _Forwarding(self, ex, ctx, route)
+        if not forwarding.start_with_idle_connection():
+            self.loop.create_task(forwarding.run())
+        return True
+
     async def handle(self, ex: Exchange) -> None:
+        ctx = self._prepare(ex)
+        if ctx is None:
+            return
+        assert ctx.route is not None
+        await self._continue(ex, ctx, ctx.route, 0)
+
+    async def _continue(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, first: int) -> None:
+        policies = route.request_policies
+        for index in range(first, len(policies)):
+            reject = await policies[index].on_request(ctx)
+            if ex.response_started:
+                return  # the server refused the request meanwhile (deadline, body limit)
+            if reject is not None:
+                self._reject(ex, ctx, reject)
+                return
+        await _Forwarding(self, ex, ctx, route).run()
+
+    def _prepare(self, ex: Exchange) -> RequestContext | None:
+        """Routing outcomes that need no policy, then the request context (None: already answered)."""
         scratch = ex.scratch
         config: CompiledConfig = scratch["config"]  # type: ignore[assignment]
         if config.trusted_proxies:
@@ -88,35 +142,28 @@ class GatewayHandler:
         if ex.path_error is not None:
             scratch["log_reason"] = ex.path_error
             ex.send_problem(codes.HTTP_PATH_INVALID)
-            return
+            return None
         match = scratch.get("match")
         if match is None:
             ex.send_problem(codes.ROUTE_NOT_FOUND)
-            return
+            return None
         if isinstance(match, MethodNotAllowed):
             ex.send_problem(codes.ROUTE_METHOD_NOT_ALLOWED,
                             headers=[(b"allow", ", ".join(match.allow).encode())])
-            return
+            return None
         assert isinstance(match, Match)
         route: CompiledRoute = match.target
         scratch["route"] = route.name
-        if route.lifecycle.value == "retired":
+        if route.lifecycle is Lifecycle.RETIRED:
             ex.send_problem(codes.ROUTE_RETIRED)
-            return
+            return None
         ctx = RequestContext(
             request_id=ex.request_id, client_ip=ex.client_ip, method=ex.method, path=ex.path,
             query=ex.query, host=ex.host, headers=Headers(ex.headers), tls=ex.tls, started=ex.started,
             route=route, path_params=match.params,
         )
         scratch["ctx"] = ctx
-        for policy in route.request_policies:
-            reject = await policy.on_request(ctx)
-            if ex.response_started:
-                return  # the server refused the request meanwhile (deadline, body limit)
-            if reject is not None:
-                self._reject(ex, ctx, reject)
-                return
-        await self._forward(ex, ctx, route, config)
+        return ctx
 
     def finished(self, ex: Exchange) -> None:
         scratch = ex.scratch
@@ -204,68 +251,8 @@ class GatewayHandler:
             if all(ch in _REQUEST_ID_OK for ch in text):
                 ex.request_id = text
 
-    async def _forward(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute,
-                       config: CompiledConfig) -> None:
-        cluster = route.upstream
-        upstream_cfg = cluster.config
-        timeouts = upstream_cfg.timeouts
-        ex.scratch["upstream"] = cluster.name
-        retryable = ex.method in IDEMPOTENT and not ex.body_expected
-        attempts = 1 + (upstream_cfg.retries.attempts if retryable else 0)
-        deadline = self._loop.time() + timeouts.total
-        cluster.retry_budget.record_request()
-        tried: Target | None = None
-        error: UpstreamError = UpstreamUnavailable("no healthy target")
-        for attempt in range(attempts):
-            if attempt and not cluster.retry_budget.try_acquire():
-                break
-            target = cluster.pick(exclude=tried)
-            if target is None:
-                break  # after a failed attempt, answer with that failure rather than "unavailable"
-            tried = target
-            reused = False
-            exchange: _ProxyExchange | None = None
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                error = UpstreamTimeout("total timeout")
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    conn, reused = await target.pool.acquire(min(timeouts.connect, remaining))
-                    if ex.client_gone:
-                        target.pool.release(conn, reusable=True)
-                        return
-                    exchange = _ProxyExchange(ex, ctx, route, cluster, target, conn, self._metrics)
-                    outcome = await exchange.run(self._upstream_head(ex, ctx, route, target, config),
-                                                 timeouts.read)
-            except TimeoutError:
-                outcome = UpstreamTimeout("total timeout", before_response=not ex.response_started)
-                if exchange is not None:
-                    exchange.cancel()
-            except UpstreamError as exc:
-                outcome = exc
-            if outcome is None or isinstance(outcome, _ClientGone):
-                return
-            error = outcome
-            log.info("upstream %s target %s failed (request_id=%s): %s", cluster.name, target.url,
-                     ex.request_id, outcome.reason)
-            if not (isinstance(outcome, UpstreamConnectError) and reused):
-                cluster.report_failure(target)  # a stale pooled connection says nothing of the target
-            if ex.response_started or not outcome.before_response:
-                if not ex.response_done:
-                    ex.scratch["log_reason"] = outcome.reason  # the access log says why the response was cut
-                    ex.abort()
-                return
-            if not (retryable and outcome.retryable_kind):
-                break
-        ex.scratch["log_reason"] = error.reason
-        code = _ERROR_FOR.get(type(error), codes.UPSTREAM_CONNECT_FAILED)
-        headers = [(b"retry-after", b"1")] if code is codes.UPSTREAM_UNAVAILABLE else None
-        if not ex.response_started:
-            ex.send_problem(code, headers=headers)
-
-    def _upstream_head(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, target: Target,
-                       config: CompiledConfig) -> bytes:
+    def upstream_head(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, target: Target,
+                      config: CompiledConfig) -> bytes:
         path = ex.path
         if route.strip_prefix and path.startswith(route.strip_prefix):
             path = path[len(route.strip_prefix):] or "/"
@@ -277,7 +264,7 @@ class GatewayHandler:
         prior_xff = b""
         trusted_peer = bool(config.trusted_proxies) and self._is_trusted(ex.peer_ip, config)
         extra = ctx.upstream_headers
-        drop = connection_tokens(ex.headers)
+        drop = connection_tokens(ex.headers) if ex.has_connection_header else frozenset()
         for name, value in ex.headers:
             if name == b"host":
                 client_host = value
@@ -300,6 +287,9 @@ class GatewayHandler:
         lines.append(b"x-request-id: " + ex.request_id.encode("latin-1") + b"\r\n")
         for name_str, value_str in extra.items():
             lines.append(f"{name_str}: {value_str}\r\n".encode("latin-1"))
+        if ctx.strip_upstream_headers:
+            stripped = {n.encode("latin-1") for n in ctx.strip_upstream_headers}
+            lines = [line for line in lines if line.split(b":", 1)[0] not in stripped]
         if ex.content_length is not None:
             lines.append(b"content-length: " + str(ex.content_length).encode() + b"\r\n")
         elif ex.body_expected:
@@ -308,22 +298,146 @@ class GatewayHandler:
         return b"".join(lines)
 
 
-class _ProxyExchange:
-    """One attempt: request to a pooled connection, response back to the client (a ResponseSink)."""
+class _Forwarding:
+    """One request's way upstream: attempts, retries within the budget, the total deadline."""
 
-    __slots__ = ("_body_sent", "_chunked_up", "_done", "_masking", "_released", "_sent_at", "cluster", "conn",
-                 "ctx", "ex", "metrics", "route", "target", "upstream_status")
+    __slots__ = ("attempt", "attempts", "cluster", "config", "ctx", "deadline", "error", "ex", "first_target",
+                 "handler", "retryable", "route", "tried", "waiter")
 
-    def __init__(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, cluster: UpstreamCluster,
-                 target: Target, conn: UpstreamConnection, metrics: GatewayMetrics) -> None:
+    def __init__(self, handler: GatewayHandler, ex: Exchange, ctx: RequestContext, route: CompiledRoute) -> None:
+        self.handler = handler
         self.ex = ex
-        self.metrics = metrics
         self.ctx = ctx
         self.route = route
-        self.cluster = cluster
+        self.config: CompiledConfig = ex.scratch["config"]  # type: ignore[assignment]
+        cluster = self.cluster = route.upstream
+        upstream_cfg = cluster.config
+        ex.scratch["upstream"] = cluster.name
+        self.retryable = ex.method in IDEMPOTENT and not ex.body_expected
+        self.attempts = 1 + (upstream_cfg.retries.attempts if self.retryable else 0)
+        self.attempt = 0
+        self.deadline = handler.loop.time() + upstream_cfg.timeouts.total
+        self.tried: Target | None = None
+        self.error: UpstreamError = UpstreamUnavailable("no healthy target")
+        self.waiter: asyncio.Future[tuple[UpstreamError | None, bool]] | None = None
+        self.first_target: Target | None = None  # balanced already, when the fast path found no idle connection
+        cluster.retry_budget.record_request()
+
+    def _exchange(self, target: Target, conn: UpstreamConnection, reused: bool) -> _ProxyExchange:
+        handler = self.handler
+        return _ProxyExchange(self, target, conn, reused, handler.metrics)
+
+    def start_with_idle_connection(self) -> bool:
+        """First attempt on an idle pooled connection, with no task; False when one must be opened."""
+        target = self.cluster.pick(None)
+        if target is None:
+            return False
+        conn = target.pool.try_acquire_idle()
+        if conn is None:
+            self.first_target = target  # keep the balancer's choice for the attempt that connects
+            return False
+        self.attempt = 1
+        self.tried = target
+        self._exchange(target, conn, True).start()
+        return True
+
+    def attempt_done(self, outcome: UpstreamError | None, target: Target, reused: bool) -> None:
+        """Every attempt ends here (synchronously, from connection callbacks)."""
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result((outcome, reused))
+            return
+        if self._settle(outcome, target, reused):
+            self.handler.loop.create_task(self.run())  # a retry may need to connect: continue in a task
+
+    def _settle(self, outcome: UpstreamError | None, target: Target, reused: bool) -> bool:
+        """Account for one failed or finished attempt. True when another attempt should follow."""
+        if outcome is None or isinstance(outcome, _ClientGone):
+            return False
+        ex = self.ex
+        cluster = self.cluster
+        self.error = outcome
+        log.info("upstream %s target %s failed (request_id=%s): %s", cluster.name, target.url,
+                 ex.request_id, outcome.reason)
+        if not (isinstance(outcome, UpstreamConnectError) and reused):
+            cluster.report_failure(target)  # a stale pooled connection says nothing of the target
+        if ex.response_started or not outcome.before_response:
+            if not ex.response_done:
+                ex.scratch["log_reason"] = outcome.reason  # the access log says why the response was cut
+                ex.abort()
+            return False
+        if self.attempt < self.attempts and self.retryable and outcome.retryable_kind:
+            return True
+        self._answer_error()
+        return False
+
+    def _answer_error(self) -> None:
+        ex = self.ex
+        if ex.response_started:
+            return
+        error = self.error
+        ex.scratch["log_reason"] = error.reason
+        code = _ERROR_FOR.get(type(error), codes.UPSTREAM_CONNECT_FAILED)
+        headers = [(b"retry-after", b"1")] if code is codes.UPSTREAM_UNAVAILABLE else None
+        ex.send_problem(code, headers=headers)
+
+    async def run(self) -> None:
+        """Attempts that may need to open connections or wait for a pooled one."""
+        ex = self.ex
+        cluster = self.cluster
+        loop = self.handler.loop
+        timeouts = cluster.config.timeouts
+        while self.attempt < self.attempts:
+            if self.attempt and not cluster.retry_budget.try_acquire():
+                break
+            target = self.first_target or cluster.pick(exclude=self.tried)
+            self.first_target = None
+            if target is None:
+                break  # after a failed attempt, answer with that failure rather than "unavailable"
+            self.attempt += 1
+            self.tried = target
+            remaining = self.deadline - loop.time()
+            if remaining <= 0:
+                self.error = UpstreamTimeout("total timeout")
+                break
+            try:
+                conn, reused = await target.pool.acquire(min(timeouts.connect, remaining))
+            except UpstreamError as exc:
+                if self._settle(exc, target, False):
+                    continue
+                return
+            if ex.client_gone:
+                target.pool.release(conn, reusable=True)
+                return
+            waiter: asyncio.Future[tuple[UpstreamError | None, bool]] = loop.create_future()
+            self.waiter = waiter
+            self._exchange(target, conn, reused).start()
+            outcome, reused = await waiter
+            if not self._settle(outcome, target, reused):
+                return
+        self._answer_error()
+
+
+class _ProxyExchange:
+    """One attempt: request to a pooled connection, response back to the client (a ResponseSink).
+
+    Driven by callbacks only; the end of the attempt is reported to its ``_Forwarding``."""
+
+    __slots__ = ("_body_sent", "_chunked_up", "_finished", "_masking", "_released", "_sent_at", "conn",
+                 "ex", "forwarding", "metrics", "reused", "target", "upstream_status")
+
+    def __init__(self, forwarding: _Forwarding, target: Target, conn: UpstreamConnection, reused: bool,
+                 metrics: GatewayMetrics) -> None:
+        ex = forwarding.ex
+        self.forwarding = forwarding
+        self.ex = ex
+        self.metrics = metrics
         self.target = target
         self.conn = conn
-        self._done: asyncio.Future[UpstreamError | None] = asyncio.get_running_loop().create_future()
+        self.reused = reused
+        self._finished = False
         self._masking = False
         self._body_sent = not ex.body_expected
         self._chunked_up = ex.body_expected and ex.content_length is None
@@ -331,32 +445,35 @@ class _ProxyExchange:
         self._released = False
         self.upstream_status = 0
 
+    def start(self) -> None:
+        forwarding = self.forwarding
+        ex = self.ex
+        handler = forwarding.handler
+        ex.on_client_gone = self._client_gone
+        self._sent_at = handler.loop.time()
+        head = handler.upstream_head(ex, forwarding.ctx, forwarding.route, self.target, forwarding.config)
+        self.conn.begin(self, head, body_allowed=not ex.head_only,
+                        read_timeout=forwarding.cluster.config.timeouts.read, deadline=forwarding.deadline)
+        if ex.body_expected:
+            ex.set_body_sink(self._write_body, self._end_body)
+        ex.add_producer_for(self._on_client_backpressure)
+
+    def _finish(self, outcome: UpstreamError | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        ex = self.ex
+        ex.remove_producer_for(self._on_client_backpressure)
+        ex.on_client_gone = None
+        ex.clear_body_sink()
+        self.forwarding.attempt_done(outcome, self.target, self.reused)
+
     def _release(self, reusable: bool) -> None:
         if not self._released:
             self._released = True
             if not reusable:
                 self.conn.detach()
             self.target.pool.release(self.conn, reusable=reusable)
-
-    async def run(self, head: bytes, read_timeout: float) -> UpstreamError | None:
-        ex = self.ex
-        ex.on_client_gone = self._client_gone
-        self._sent_at = time.monotonic()
-        self.conn.begin(self, head, body_allowed=not ex.head_only, read_timeout=read_timeout)
-        if ex.body_expected:
-            ex.set_body_sink(self._write_body, self._end_body)
-        ex.add_producer_for(self._on_client_backpressure)
-        try:
-            return await self._done
-        finally:
-            ex.remove_producer_for(self._on_client_backpressure)
-            ex.on_client_gone = None
-            ex.clear_body_sink()
-
-    def cancel(self) -> None:
-        self._release(reusable=False)
-        if not self._done.done():
-            self._done.set_result(UpstreamTimeout("total timeout", before_response=not self.ex.response_started))
 
     # -- request body ------------------------------------------------------------------------------
     def _write_body(self, chunk: bytes) -> None:
@@ -378,22 +495,26 @@ class _ProxyExchange:
     # -- ResponseSink ------------------------------------------------------------------------------
     def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]], close_delimited: bool) -> None:
         ex = self.ex
-        elapsed = time.monotonic() - self._sent_at
-        ex.scratch["upstream_status"] = status
-        ex.scratch["upstream_ms"] = round(elapsed * 1000, 3)
-        self.metrics.observe_upstream(self.cluster.name, elapsed)
+        forwarding = self.forwarding
+        cluster = forwarding.cluster
+        elapsed = forwarding.handler.loop.time() - self._sent_at
+        scratch = ex.scratch
+        scratch["upstream_status"] = status
+        scratch["upstream_ms"] = round(elapsed * 1000, 3)
+        self.metrics.observe_upstream(cluster.name, elapsed)
         self.upstream_status = status
         if status in (502, 503, 504):
-            self.cluster.report_failure(self.target)
+            cluster.report_failure(self.target)
         else:
-            self.cluster.report_success(self.target)
+            cluster.report_success(self.target)
         if ex.response_started:
             return
-        if status >= 500 and self.route.mask_upstream_errors:
+        route = forwarding.route
+        if status >= 500 and route.mask_upstream_errors:
             self._masking = True
-            ex.scratch["retry_after"] = next((v for n, v in headers if n == b"retry-after"), None)
+            scratch["retry_after"] = next((v for n, v in headers if n == b"retry-after"), None)
             return
-        drop = connection_tokens(headers)
+        drop = connection_tokens(headers) if self.conn.saw_connection_header else frozenset()
         content_length: int | None = None
         kept: list[tuple[bytes, bytes]] = []
         for name, value in headers:
@@ -406,13 +527,17 @@ class _ProxyExchange:
             kept.append((name, value))
         if close_delimited:
             content_length = None
-        response = ResponseHead(status, Headers(kept))
-        ctx = self.ctx
-        for policy in self.route.response_policies:
-            policy.on_response(ctx, response)
-        for name_str, value_str in ctx.response_headers.items():
-            response.headers.set(name_str, value_str)
-        ex.start_response(response.status, response.headers.items, content_length=content_length)
+        policies = route.response_policies
+        ctx = forwarding.ctx
+        if policies or ctx.response_headers:
+            response = ResponseHead(status, Headers(kept))
+            for policy in policies:
+                policy.on_response(ctx, response)
+            for name_str, value_str in ctx.response_headers.items():
+                response.headers.set(name_str, value_str)
+            status = response.status
+            kept = response.headers.items
+        ex.start_response(status, kept, content_length=content_length)
 
     def on_response_body(self, chunk: bytes) -> None:
         if not self._masking:
@@ -428,8 +553,7 @@ class _ProxyExchange:
             ex.send_problem(codes.UPSTREAM_SERVER_ERROR, headers=headers, status=self.upstream_status)
         elif not ex.response_done:
             ex.end()
-        if not self._done.done():
-            self._done.set_result(None)
+        self._finish(None)
 
     def on_upstream_error(self, error: UpstreamError) -> None:
         self._release(reusable=False)
@@ -437,8 +561,7 @@ class _ProxyExchange:
             self._masking = False
             self.ex.send_problem(codes.UPSTREAM_SERVER_ERROR, status=self.upstream_status)
             error = _ClientGone("answered")  # the client got its problem; nothing more to do
-        if not self._done.done():
-            self._done.set_result(error)
+        self._finish(error)
 
     def pause_request_body(self) -> None:
         self.ex.pause_body()
@@ -448,8 +571,7 @@ class _ProxyExchange:
 
     def _client_gone(self) -> None:
         self._release(reusable=False)
-        if not self._done.done():
-            self._done.set_result(_ClientGone("client went away"))
+        self._finish(_ClientGone("client went away"))
 
 
 def problem_for(error: UpstreamError) -> ErrorCode:

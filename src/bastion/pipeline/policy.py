@@ -62,8 +62,22 @@ class Policy(Protocol):
     def on_response(self, ctx: RequestContext, response: ResponseHead) -> None: ...
 
 
+class Pending:
+    """``try_sync`` could not decide without waiting (I/O): run ``on_request`` instead."""
+
+    __slots__ = ()
+
+
+PENDING = Pending()
+
+
 class BasePolicy:
-    """Convenience base: a policy that overrides only what it needs."""
+    """Convenience base: a policy that overrides only what it needs.
+
+    ``try_sync`` is the optional fast path: a policy that can decide without I/O (always, or on a cache
+    hit) answers there, and the gateway then serves the request without creating a task for it. It must
+    behave exactly like ``on_request`` or return ``PENDING``.
+    """
 
     name: ClassVar[str]
     stage: ClassVar[Stage]
@@ -73,6 +87,9 @@ class BasePolicy:
 
     async def on_request(self, ctx: RequestContext) -> Reject | None:
         return None
+
+    def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
+        return PENDING
 
     def on_response(self, ctx: RequestContext, response: ResponseHead) -> None:
         return None

@@ -7,12 +7,14 @@ request (measured, see docs/performance.md), which would put the gateway's throu
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Protocol, cast
 
 import httptools
 
+from bastion.proxy.deadlines import sweeper_for
 from bastion.proxy.errors import UpstreamBadResponse, UpstreamConnectError, UpstreamError, UpstreamTimeout
+
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 class ResponseSink(Protocol):
@@ -33,9 +35,28 @@ class ResponseSink(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "_body_allowed", "_close_delimited", "_head_bytes", "_headers", "_last_activity", "_loop",
-        "_max_head", "_parser", "_read_timeout", "_response_started", "_sink", "_timer", "closed",
-        "connected", "keep_alive", "on_idle_close", "requests", "transport",
+        "_body_allowed",
+        "_close_delimited",
+        "_deadline",
+        "_has_length",
+        "_head_bytes",
+        "_head_size",
+        "_headers",
+        "_last_activity",
+        "_loop",
+        "_max_head",
+        "_parser",
+        "_read_timeout",
+        "_response_started",
+        "_sink",
+        "_sweeper",
+        "closed",
+        "connected",
+        "keep_alive",
+        "on_idle_close",
+        "requests",
+        "saw_connection_header",
+        "transport",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_head: int) -> None:
@@ -50,13 +71,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink: ResponseSink | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._has_length = False
+        self.saw_connection_header = False  # the response named hop-by-hop fields in Connection
         self._head_bytes = 0
         self._response_started = False
         self._body_allowed = True
         self._close_delimited = False
         self._read_timeout = 0.0
         self._last_activity = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._sweeper = sweeper_for(loop)
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,7 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes from an idle connection: the upstream is confused; never reuse it.
             self.abort()
             return
-        self._last_activity = time.monotonic()
+        self._last_activity = self._loop.time()
         if not self._response_started:
             self._head_bytes += len(data)
         try:
@@ -108,24 +133,31 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if name in _FRAMING_FIELDS:
+            if name == b"connection":
+                self.saw_connection_header = True
+            else:
+                self._has_length = True
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             # Interim responses (100, 103) are not forwarded: the gateway answers Expect itself.
-            self._headers = []
+            self._reset_head()
             return
         # Measured on the parsed head: the read that completed it may also hold body bytes.
-        if sum(len(n) + len(v) + 4 for n, v in self._headers) > self._max_head:
+        if self._head_size > self._max_head:
             raise UpstreamBadResponse("upstream response head too large")
         self.keep_alive = self._parser.should_keep_alive()
         self._response_started = True
         headers = self._headers
+        has_length = self._has_length
         self._headers = []
         no_body = not self._body_allowed or status in (204, 304)
-        has_length = any(n in (b"content-length", b"transfer-encoding") for n, _ in headers)
         self._close_delimited = not no_body and not has_length
         if self._close_delimited:
             self.keep_alive = False
@@ -137,6 +169,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser = None
             self._complete()
 
+    def _reset_head(self) -> None:
+        self._headers = []
+        self._head_size = 0
+        self._has_length = False
+        self.saw_connection_header = False
+
     def on_body(self, body: bytes) -> None:
         if self._sink is not None and self._response_started:
             self._sink.on_response_body(body)
@@ -146,25 +184,29 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete()
 
     # -- used by the exchange ----------------------------------------------------------------------
-    def begin(self, sink: ResponseSink, head: bytes, *, body_allowed: bool, read_timeout: float) -> None:
-        """Send a request head; the response is reported to ``sink``."""
+    def begin(self, sink: ResponseSink, head: bytes, *, body_allowed: bool, read_timeout: float,
+              deadline: float) -> None:
+        """Send a request head; the response is reported to ``sink``. ``read_timeout`` bounds upstream
+        silence, ``deadline`` (loop time) the whole exchange."""
         self._sink = sink
         self._response_started = False
         self._close_delimited = False
         self._head_bytes = 0
-        self._headers = []
+        self._reset_head()
         self._body_allowed = body_allowed
-        self._parser = httptools.HttpResponseParser(self)
+        if self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)  # llhttp resets itself between responses
         self.requests += 1
         self._read_timeout = read_timeout
-        self._last_activity = time.monotonic()
-        self._timer = self._loop.call_later(read_timeout, self._check_timeout)
+        self._deadline = deadline
+        self._last_activity = self._loop.time()
+        self._sweeper.add(self)
         assert self.transport is not None
         self.transport.write(head)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
-            self._last_activity = time.monotonic()
+            self._last_activity = self._loop.time()
             self.transport.write(data)
 
     def detach(self) -> None:
@@ -201,17 +243,17 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is not None:
             sink.on_upstream_error(error)
 
-    def _check_timeout(self) -> None:
-        self._timer = None
+    def check_deadline(self, now: float) -> bool:
+        """Called by the deadline sweeper: fail the exchange after ``read_timeout`` of upstream silence."""
         if self._sink is None:
-            return
-        idle = time.monotonic() - self._last_activity
-        if idle >= self._read_timeout:
+            return True
+        if now - self._last_activity >= self._read_timeout:
             self._fail(UpstreamTimeout("upstream read timeout", before_response=not self._response_started))
-        else:
-            self._timer = self._loop.call_later(self._read_timeout - idle, self._check_timeout)
+            return True
+        if now >= self._deadline:
+            self._fail(UpstreamTimeout("total timeout", before_response=not self._response_started))
+            return True
+        return False
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._sweeper.discard(self)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections import deque
 
 from bastion.proxy.connection import UpstreamConnection
@@ -29,15 +28,24 @@ class TargetPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
-    async def acquire(self, connect_timeout: float) -> tuple[UpstreamConnection, bool]:
-        """A connection and whether it was reused from the pool (a reused one may be stale)."""
-        now = time.monotonic()
+    def try_acquire_idle(self) -> UpstreamConnection | None:
+        """An idle pooled connection, without waiting (None when there is none)."""
+        if not self._idle:
+            return None
+        now = self._loop.time()
         while self._idle:
             conn, since = self._idle.pop()  # most recently used first: warmest, least likely stale
             if conn.closed or now - since > self.idle_timeout:
                 self._discard(conn)
                 continue
-            return conn, True
+            return conn
+        return None
+
+    async def acquire(self, connect_timeout: float) -> tuple[UpstreamConnection, bool]:
+        """A connection and whether it was reused from the pool (a reused one may be stale)."""
+        idle = self.try_acquire_idle()
+        if idle is not None:
+            return idle, True
         if self.total >= self.max_connections:
             waiter: asyncio.Future[UpstreamConnection | None] = self._loop.create_future()
             self._waiters.append(waiter)
@@ -83,7 +91,7 @@ class TargetPool:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
-        self._idle.append((conn, time.monotonic()))
+        self._idle.append((conn, self._loop.time()))
 
     def _discard(self, conn: UpstreamConnection) -> None:
         if not conn.closed:

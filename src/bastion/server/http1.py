@@ -15,7 +15,6 @@ data plane parses with llhttp (httptools) and applies its own rules on top, befo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -51,6 +50,7 @@ _STATUS_REASON = {
 _BAD_VERSION = re.compile(r"invalid (?:http|major|minor) version")
 _READ_HIGH_WATER = 256 * 1024
 _MAX_PIPELINE = 16
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect", b"connection"})
 _SWEEP_INTERVAL = 0.2
 
 
@@ -183,6 +183,7 @@ class Exchange:
         "_continue_sent", "_pending_head", "_refused", "_sink_end", "_sink_write", "body_bytes", "body_complete",
         "body_discarded",
         "body_expected", "bytes_sent", "client_ip", "close_after", "content_length", "expect_continue",
+        "has_connection_header",
         "head_only", "headers", "host", "http_version", "keep_alive", "max_body_bytes", "method",
         "on_client_gone", "path", "path_error", "peer_ip", "query", "raw_target", "request_id",
         "response_done", "response_started", "scratch", "started", "status",
@@ -207,6 +208,7 @@ class Exchange:
         self.content_length: int | None = None
         self.body_expected = False
         self.expect_continue = False
+        self.has_connection_header = False
         self.head_only = method == "HEAD"
         self.max_body_bytes = conn.limits.max_body_bytes
         self.body_bytes = 0
@@ -436,11 +438,13 @@ class HttpConnection(asyncio.Protocol):
         self._read_paused_body = False
         self._read_paused_pipeline = False
         self._write_paused = False
-        self._producers: list[Callable[[bool], None]] = []
+        self._producer: Callable[[bool], None] | None = None
         # head being parsed
         self._in_head = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._framing: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
         self._head_bytes = 0
         self._parsing: Exchange | None = None  # exchange whose body is being read
         self._active: Exchange | None = None  # exchange whose response is being produced
@@ -523,8 +527,8 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        for producer in self._producers:
-            producer(True)
+        if self._producer is not None:
+            self._producer(True)
         # A client that stops reading may not hold the upstream connection forever.
         if self._write_timer is None:
             self._write_timer = self.loop.call_later(self.limits.idle_timeout, self._on_write_stalled)
@@ -534,24 +538,26 @@ class HttpConnection(asyncio.Protocol):
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
-        for producer in self._producers:
-            producer(False)
+        if self._producer is not None:
+            self._producer(False)
 
     def add_producer(self, producer: Callable[[bool], None]) -> None:
         """Register a callback told to pause (True) / resume (False) when the client reads slowly."""
-        self._producers.append(producer)
+        self._producer = producer  # one exchange at a time streams into this connection
         if self._write_paused:
             producer(True)
 
     def remove_producer(self, producer: Callable[[bool], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._producers.remove(producer)
+        if self._producer is producer:
+            self._producer = None
 
     # -- httptools callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._in_head = True
         self._url = b""
         self._headers = []
+        self._framing = []
+        self._head_size = 0
         if self.requests_served > 0 or self._active is not None:
             # The idle timer ran until now; the head gets its own total deadline.
             self._set_timer(self.limits.head_timeout, self._on_head_timeout)
@@ -562,8 +568,14 @@ class HttpConnection(asyncio.Protocol):
             raise _Refuse(codes.HTTP_URI_TOO_LONG, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
         headers = self._headers
-        headers.append((name.lower(), value))
+        headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if name in _FRAMING_FIELDS:
+            self._framing.append((name, value))  # the few fields _check_framing must look at
+        elif b"_" in name:
+            raise _Refuse(codes.HTTP_MALFORMED, "underscore in header name")
         if len(headers) > self.limits.max_header_count:
             raise _Refuse(codes.HTTP_HEADERS_TOO_LARGE, "too many header fields")
 
@@ -575,8 +587,7 @@ class HttpConnection(asyncio.Protocol):
         if version not in ("1.1", "1.0"):
             raise _Refuse(codes.HTTP_VERSION_UNSUPPORTED, f"HTTP/{version}")
         headers = self._headers
-        head_size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in headers)
-        if head_size > self.limits.max_header_bytes:
+        if len(self._url) + self._head_size > self.limits.max_header_bytes:
             raise _Refuse(codes.HTTP_HEADERS_TOO_LARGE, "request head exceeds the limit")
         if parser.should_upgrade():
             # llhttp flags CONNECT and Upgrade here, before it raises HttpParserUpgrade after this callback:
@@ -584,7 +595,7 @@ class HttpConnection(asyncio.Protocol):
             raise _Refuse(codes.HTTP_UPGRADE_UNSUPPORTED, "upgrade or CONNECT requested")
         method = parser.get_method().decode("ascii", "replace")
         ex = Exchange(self, method, self._url, version, headers, parser.should_keep_alive())
-        _check_framing(ex)
+        _check_framing(ex, self._framing)
         if self.listener.draining:
             ex.keep_alive = False
         self._parsing = ex
@@ -804,12 +815,13 @@ def _classify_parser_error(message: str) -> tuple[ErrorCode, str]:
     return codes.HTTP_MALFORMED, message
 
 
-def _check_framing(ex: Exchange) -> None:
-    """The request-smuggling and Host rules llhttp does not enforce on its own."""
+def _check_framing(ex: Exchange, fields: list[tuple[bytes, bytes]]) -> None:
+    """The request-smuggling and Host rules llhttp does not enforce on its own (``fields``: the framing
+    fields among the headers, collected while parsing)."""
     content_lengths = 0
     transfer_encodings: list[bytes] = []
     hosts: list[bytes] = []
-    for name, value in ex.headers:
+    for name, value in fields:
         if name == b"content-length":
             content_lengths += 1
             if not value.strip().isdigit():
@@ -823,8 +835,8 @@ def _check_framing(ex: Exchange) -> None:
             if value.strip().lower() != b"100-continue":
                 raise _Refuse(codes.HTTP_EXPECTATION_FAILED, "unsupported Expect")
             ex.expect_continue = ex.http_version == "1.1"
-        elif b"_" in name:
-            raise _Refuse(codes.HTTP_MALFORMED, "underscore in header name")
+        elif name == b"connection":
+            ex.has_connection_header = True
     if content_lengths > 1:
         raise _Refuse(codes.HTTP_AMBIGUOUS_FRAMING, "duplicate Content-Length")
     if transfer_encodings:

@@ -35,6 +35,9 @@ class AuthorizePolicy(BasePolicy):
         self._admin = config.admin
 
     async def on_request(self, ctx: RequestContext) -> Reject | None:
+        return self.try_sync(ctx)
+
+    def try_sync(self, ctx: RequestContext) -> Reject | None:
         principal = ctx.identity
         if not isinstance(principal, Principal):
             return Reject(AUTH_CREDENTIALS_MISSING, "This route needs an authenticated caller.",

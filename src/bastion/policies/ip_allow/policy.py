@@ -41,6 +41,9 @@ class IpAllowPolicy(BasePolicy):
         return None
 
     async def on_request(self, ctx: RequestContext) -> Reject | None:
+        return self.try_sync(ctx)
+
+    def try_sync(self, ctx: RequestContext) -> Reject | None:
         ip = ctx.client_ip
         try:
             reason = self._verdicts[ip]

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from bastion.errors.codes import RATE_LIMIT_EXCEEDED, RATE_LIMIT_UNAVAILABLE
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType, Reject, Stage
+from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
 from bastion.policies.rate_limit.config import (
     READ_METHODS,
     LimitConfig,
@@ -129,6 +129,19 @@ class RateLimitPolicy(BasePolicy):
         self._shadow_log = _LogThrottle()
         self._failure_log = _LogThrottle()
         self.store_failures = 0  # hits the store could not answer (each handled per on_store_failure)
+
+    def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
+        """In memory the decision never waits: run ``on_request`` to completion without a task."""
+        if self._memory is None:
+            return PENDING
+        coroutine = self.on_request(ctx)
+        try:
+            coroutine.send(None)
+        except StopIteration as stop:
+            result: Reject | None = stop.value
+            return result
+        coroutine.close()
+        raise RuntimeError("in-memory rate limiting unexpectedly waited")
 
     async def on_request(self, ctx: RequestContext) -> Reject | None:
         method = ctx.method
