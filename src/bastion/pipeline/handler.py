@@ -40,6 +40,7 @@ _MISS = object()
 _MATCH_CACHE_SIZE = 8192
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_NOT_FORWARDED = HOP_BY_HOP | GATEWAY_SET_REQUEST  # the gateway sets these itself (host included)
 _DROP_RESPONSE = HOP_BY_HOP | LEAKY_RESPONSE | {b"x-request-id", b"strict-transport-security"}
 _ERROR_FOR = {
     UpstreamConnectError: codes.UPSTREAM_CONNECT_FAILED,
@@ -259,39 +260,36 @@ class GatewayHandler:
         target_path = target.prefix + encode_path(path)
         if ex.query:
             target_path += "?" + ex.query
-        lines = [f"{ex.method} {target_path} HTTP/1.1\r\n".encode("latin-1")]
+        lines = [ex.method.encode("latin-1"), b" ", target_path.encode("latin-1"), b" HTTP/1.1\r\n"]
         client_host = b""
         prior_xff = b""
-        trusted_peer = bool(config.trusted_proxies) and self._is_trusted(ex.peer_ip, config)
         extra = ctx.upstream_headers
+        stripped = ctx.strip_upstream_headers
         drop = connection_tokens(ex.headers) if ex.has_connection_header else frozenset()
         for name, value in ex.headers:
-            if name == b"host":
-                client_host = value
-                continue
-            if name in HOP_BY_HOP or name in drop:
-                continue
-            if name in GATEWAY_SET_REQUEST:
-                if name == b"x-forwarded-for" and trusted_peer:
+            if name in _NOT_FORWARDED:
+                if name == b"host":
+                    client_host = value
+                elif name == b"x-forwarded-for" and config.trusted_proxies and self._is_trusted(ex.peer_ip, config):
                     prior_xff = prior_xff + b", " + value if prior_xff else value
                 continue
-            if extra and name.decode("latin-1") in extra:
+            if drop and name in drop:
                 continue
-            lines.append(name + b": " + value + b"\r\n")
-        host = client_host if route.preserve_host else target.host_header.encode("latin-1")
-        xff = (prior_xff + b", " if prior_xff else b"") + ex.peer_ip.encode("latin-1")
-        lines.append(b"host: " + host + b"\r\n")
-        lines.append(b"x-forwarded-for: " + xff + b"\r\n")
-        lines.append(b"x-forwarded-proto: " + (b"https" if ex.tls else b"http") + b"\r\n")
-        lines.append(b"x-forwarded-host: " + client_host + b"\r\n")
-        lines.append(b"x-request-id: " + ex.request_id.encode("latin-1") + b"\r\n")
+            if (extra or stripped) and (name.decode("latin-1") in extra or name.decode("latin-1") in stripped):
+                continue
+            lines += (name, b": ", value, b"\r\n")
+        host = client_host if route.preserve_host else target.host_header_bytes
+        lines += (b"host: ", host, b"\r\nx-forwarded-for: ")
+        if prior_xff:
+            lines += (prior_xff, b", ")
+        lines += (ex.peer_ip.encode("latin-1"),
+                  b"\r\nx-forwarded-proto: https\r\n" if ex.tls else b"\r\nx-forwarded-proto: http\r\n",
+                  b"x-forwarded-host: ", client_host, b"\r\nx-request-id: ", ex.request_id.encode("latin-1"),
+                  b"\r\n")
         for name_str, value_str in extra.items():
             lines.append(f"{name_str}: {value_str}\r\n".encode("latin-1"))
-        if ctx.strip_upstream_headers:
-            stripped = {n.encode("latin-1") for n in ctx.strip_upstream_headers}
-            lines = [line for line in lines if line.split(b":", 1)[0] not in stripped]
         if ex.content_length is not None:
-            lines.append(b"content-length: " + str(ex.content_length).encode() + b"\r\n")
+            lines += (b"content-length: ", str(ex.content_length).encode(), b"\r\n")
         elif ex.body_expected:
             lines.append(b"transfer-encoding: chunked\r\n")
         lines.append(b"\r\n")

@@ -39,6 +39,7 @@ class Target:
         self.host_header = self.host if default_port else f"{self.host}:{self.port}"
         if ":" in self.host and not default_port:
             self.host_header = f"[{self.host}]:{self.port}"
+        self.host_header_bytes = self.host_header.encode("latin-1")
         self.pool = pool
         self.health = TargetHealth()
 

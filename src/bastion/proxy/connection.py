@@ -138,7 +138,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_size += len(name) + len(value) + 4
         if name in _FRAMING_FIELDS:
             if name == b"connection":
-                self.saw_connection_header = True
+                # "keep-alive" and "close" name no other field: nothing more to strip.
+                if value.lower() not in (b"keep-alive", b"close"):
+                    self.saw_connection_header = True
             else:
                 self._has_length = True
 
