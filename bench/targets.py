@@ -96,6 +96,7 @@ def bastion_base(ctx: TargetContext, *, access_log: bool) -> dict[str, Any]:
             "version": "v1",
             "base_path": "/api/v1",
             "upstream": "items",
+            "public": True,
             "routes": [{"name": ROUTE_NAME, "path": "/items", "methods": ["GET"]}],
         }],
         "policies": {},

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bastion.admin.app import AdminServices, ReloadResult, create_admin_app
-from bastion.config.loader import ConfigError
+from bastion.config.loader import ConfigError, load_config
 from bastion.config.model import GatewayConfig, Limits, UpstreamConfig
+from bastion.identity.service import IdentityService, identity_settings
 from bastion.observability.access_log import AccessLog
 from bastion.observability.metrics import GatewayMetrics
 from bastion.pipeline.compiled import CompiledConfig
@@ -25,6 +26,7 @@ from bastion.pipeline.handler import GatewayHandler
 from bastion.pipeline.policy import PolicyServices
 from bastion.policies import builtin_policy_types
 from bastion.proxy.cluster import UpstreamCluster
+from bastion.ratelimit.store import CounterStore, MemoryCounterStore, RedisCounterStore
 from bastion.server.asgi import AsgiHandler
 from bastion.server.http1 import Exchange, Handler, Listener
 from bastion.server.redirect import RedirectHandler
@@ -97,6 +99,9 @@ class Runtime:
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[ReloadResult]] = set()
+        self._identity: IdentityService | None = None
+        self._identity_source: tuple[object, ...] = ()
+        self._counters: CounterStore | None = None
         self.started_at = time.time()
 
     # -- configuration -----------------------------------------------------------------------------
@@ -128,10 +133,33 @@ class Runtime:
                 cluster.close()  # idle connections close now; busy ones are discarded when released
         self.metrics.config_generation.set(compiled.generation)
 
-    def load_initial(self) -> CompiledConfig:
+    async def load_initial(self) -> CompiledConfig:
+        """Read the configuration, open the stores it names, then compile and install it."""
+        try:
+            config, _ = load_config(self.config_path)
+        except ConfigError:
+            self._services = PolicyServices(clock=time.monotonic, extras={"check_only": True})
+            self._compile()  # reports every problem of the file, not only the structural ones
+            raise
+        self._identity = IdentityService(identity_settings(config, self.config_path.parent))
+        await self._identity.prepare()
+        self._identity_source = (config.store, config.keys.pepper, config.redis)
+        if config.redis:
+            redis_url = self._identity.settings.redis_url or ""
+            self._counters = RedisCounterStore(redis_url)
+        else:
+            self._counters = MemoryCounterStore()
+        self._services = PolicyServices(clock=time.monotonic, extras={
+            "key_authenticator": self._identity.authenticator, "counters": self._counters})
         compiled = self._compile()
         self._install(compiled)
         return compiled
+
+    @property
+    def identity(self) -> IdentityService:
+        if self._identity is None:
+            raise RuntimeError("the identity service is not open yet")
+        return self._identity
 
     async def reload(self) -> ReloadResult:
         async with self._reload_lock:
@@ -144,6 +172,9 @@ class Runtime:
                               self._generation, issue)
                 return ReloadResult(False, self._generation, [str(i) for i in exc.issues])
             self._warn_listener_changes(self.current.config, compiled.config)
+            new = compiled.config
+            if (new.store, new.keys.pepper, new.redis) != self._identity_source:
+                log.warning("store, keys.pepper and redis changes take effect at the next restart")
             self._reload_tls(compiled.config)
             self._install(compiled)
             self.metrics.reloads.labels("applied").inc()
@@ -301,6 +332,10 @@ class Runtime:
             cluster.close()
         if self._access_log is not None:
             self._access_log.close()
+        if self._identity is not None:
+            await self._identity.close()
+        if self._counters is not None:
+            await self._counters.close()
         log.warning("bastion stopped")
 
 
@@ -315,8 +350,9 @@ def tune_garbage_collector() -> None:
 
 async def run_gateway(config_path: str | os.PathLike[str]) -> None:
     runtime = Runtime(config_path)
-    runtime.load_initial()
+    await runtime.load_initial()
     await runtime.start(inherited_sockets())
+    runtime.identity.start()
     tune_garbage_collector()
     runtime.install_signal_handlers()
     await runtime.wait_stopped()

@@ -121,7 +121,7 @@ def test_upstream_internals_and_hop_by_hop_response_headers_are_stripped(
     with ControlledUpstream("leaky", extra_headers=leaky) as backend:
         config = base_config(upstream.url)
         config["upstreams"]["leaky"] = {"targets": [{"url": backend.url}]}
-        config["apis"].append({"name": "leaky", "base_path": "/leaky", "upstream": "leaky",
+        config["apis"].append({"name": "leaky", "base_path": "/leaky", "upstream": "leaky", "public": True,
                                "routes": [{"name": "any", "path": "/**", "methods": ["GET"]}]})
         gateway = make_gateway(config)
         with gateway.client() as client:

@@ -75,7 +75,7 @@ def test_versions_to_different_upstreams(make_gateway: Callable[..., Gateway], u
 def test_strip_base_path_and_target_prefix(make_gateway: Callable[..., Gateway], upstream: Upstream) -> None:
     config = base_config(upstream.url)
     config["upstreams"]["prefixed"] = {"targets": [{"url": upstream.url + "/debug"}]}
-    config["apis"].append({"name": "tools", "base_path": "/tools", "upstream": "prefixed",
+    config["apis"].append({"name": "tools", "base_path": "/tools", "upstream": "prefixed", "public": True,
                            "strip_base_path": True,
                            "routes": [{"name": "echo", "path": "/echo", "methods": ["GET"]}]})
     gateway = make_gateway(config)

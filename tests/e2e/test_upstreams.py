@@ -35,7 +35,7 @@ def app_config(urls: list[str], **settings: Any) -> dict[str, Any]:
     config = base_config(urls[0])
     config["upstreams"] = {"app": {"targets": [{"url": url} for url in urls],
                                    "timeouts": {"connect": 1.0, "read": 2.0, "total": 4.0}, **settings}}
-    config["apis"] = [{"name": "app", "base_path": "/app", "upstream": "app",
+    config["apis"] = [{"name": "app", "base_path": "/app", "upstream": "app", "public": True,
                        "routes": [{"name": "any", "path": "/**", "methods": ["GET"]}]}]
     return config
 

@@ -36,10 +36,13 @@ def port_of(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
-def _wait_http(url: str, timeout: float = 20.0, verify: bool | ssl.SSLContext = False) -> None:
+def _wait_http(url: str, timeout: float = 20.0, verify: bool | ssl.SSLContext = False,
+               process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {process.returncode}")
         try:
             response = httpx.get(url, timeout=1.0, verify=verify)
             if response.status_code < 500:
@@ -171,7 +174,7 @@ def base_config(upstream_url: str, *, tls: bool = False) -> dict[str, Any]:
         },
         "apis": [
             {
-                "name": "shop-v1", "version": "v1", "base_path": "/v1", "upstream": "shop",
+                "name": "shop-v1", "version": "v1", "base_path": "/v1", "upstream": "shop", "public": True,
                 "openapi": str(REPO / "src/bastion/demo/openapi-v1.yaml"),
                 "routes": [
                     {"name": "echo", "path": "/echo", "methods": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
@@ -182,7 +185,7 @@ def base_config(upstream_url: str, *, tls: bool = False) -> dict[str, Any]:
                 ],
             },
             {
-                "name": "shop-v2", "version": "v2", "base_path": "/v2", "upstream": "shop",
+                "name": "shop-v2", "version": "v2", "base_path": "/v2", "upstream": "shop", "public": True,
                 "openapi": str(REPO / "src/bastion/demo/openapi-v2.yaml"),
             },
         ],
@@ -216,7 +219,7 @@ def start_gateway(config: dict[str, Any], workdir: Path, *, expect_start: bool =
     if not expect_start:
         return gateway
     try:
-        _wait_http(gateway.admin_url + "/healthz")
+        _wait_http(gateway.admin_url + "/healthz", process=gateway.process)
     except RuntimeError:
         gateway.stop()
         raise RuntimeError("gateway did not start:\n" + gateway.logs()) from None

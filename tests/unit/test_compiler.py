@@ -41,7 +41,7 @@ def base() -> dict[str, object]:
     return {
         "server": {"https": {"enabled": False}},
         "upstreams": {"up": {"targets": [{"url": "http://127.0.0.1:1"}]}},
-        "apis": [{"name": "items", "base_path": "/v1", "upstream": "up", "openapi": "api.yaml",
+        "apis": [{"name": "items", "base_path": "/v1", "upstream": "up", "openapi": "api.yaml", "public": True,
                   "operations": {"createItem": {"max_body_bytes": 10,
                                                 "policies": {"ip-allow": {"allow": ["10.0.0.0/8"]}}}},
                   "policies": {"ip-allow": {"allow": ["127.0.0.1"]}},

@@ -27,9 +27,10 @@ def verdict(policy: IpAllowPolicy, ip: str) -> str | None:
 
 def test_registry_builds_each_policy_from_its_config() -> None:
     types = builtin_policy_types()
-    assert {"ip-allow", "security-headers"} <= set(types)
+    assert {"ip-allow", "key-auth", "rate-limit", "security-headers"} <= set(types)
     for policy_type in types.values():
-        policy = policy_type.factory(policy_type.config_model.model_validate({}), PolicyServices(time.monotonic))
+        services = PolicyServices(time.monotonic, extras={"check_only": True})
+        policy = policy_type.factory(policy_type.config_model.model_validate({}), services)
         assert policy.name == policy_type.name and policy.stage == policy_type.stage
     assert types["ip-allow"].stage == Stage.GUARD
 

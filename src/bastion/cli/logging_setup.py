@@ -31,3 +31,6 @@ def setup_logging(level: str = "warning", json_format: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Libraries' routine chatter (migration steps, connection pools) stays out of the gateway's log.
+    for name in ("alembic", "sqlalchemy", "asyncio"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -28,6 +28,7 @@ def run(config_path: str, log_level: str) -> None:
     import uvloop
 
     from bastion.config.loader import ConfigError
+    from bastion.identity.service import IdentitySetupError
     from bastion.runtime import run_gateway
 
     setup_logging(log_level)
@@ -36,6 +37,9 @@ def run(config_path: str, log_level: str) -> None:
     except ConfigError as exc:
         for issue in exc.issues:
             click.echo(f"error: {issue}", err=True)
+        sys.exit(2)
+    except IdentitySetupError as exc:
+        click.echo(f"error: {exc}", err=True)
         sys.exit(2)
 
 
@@ -54,7 +58,7 @@ def check(config_path: str) -> None:
         loop = asyncio.get_running_loop()
         try:
             compiled = load_and_compile(config_path, generation=1, registry=builtin_policy_types(),
-                                        services=PolicyServices(clock=loop.time),
+                                        services=PolicyServices(clock=loop.time, extras={"check_only": True}),
                                         clusters=lambda name, up: UpstreamCluster(name, up, loop))
         except ConfigError as exc:
             for issue in exc.issues:

@@ -198,6 +198,11 @@ class RouteSettings(Model):
     max_body_bytes: int | None = Field(None, ge=0, description="Request body limit for this route.")
     mask_upstream_errors: bool | None = Field(None, description="Replace upstream 5xx bodies with a gateway "
                                               "problem (default true).")
+    public: bool | None = Field(None, description="Serve this route without authentication. Every other route "
+                                "needs an authentication policy (deny by default).")
+    permissions: list[str] | None = Field(None, description="Permissions a caller needs (all of them), on top "
+                                          "of the API's and those of the OpenAPI operation's security scopes.")
+    admin: bool | None = Field(None, description="Administrative route: needs an admin-level credential.")
 
 
 class RouteConfig(RouteSettings):
@@ -234,6 +239,10 @@ class ApiConfig(Model):
     policies: PolicyMap = Field(default_factory=dict, description="Policies for every route of the API.")
     max_body_bytes: int | None = Field(None, ge=0, description="Request body limit for the API's routes.")
     mask_upstream_errors: bool = Field(True, description="Replace upstream 5xx bodies with a gateway problem.")
+    public: bool = Field(False, description="Serve every route of this API without authentication (a route "
+                         "or an OpenAPI operation with `security: []` can also be public on its own).")
+    permissions: list[str] = Field(default_factory=list, description="Permissions every route of the API "
+                                   "requires.")
 
     @field_validator("base_path")
     @classmethod
@@ -249,12 +258,44 @@ class ApiConfig(Model):
         return self
 
 
+class KeysConfig(Model):
+    pepper: SecretRef | None = Field(None, description="Server-side secret mixed into every stored API-key "
+                                     "hash (HMAC-SHA256), as `env:NAME` or `file:PATH`, at least 32 bytes. It "
+                                     "is never stored in the database. When unset, a random one is created "
+                                     "in `data_dir/key-pepper` (mode 0600): fine for one node, but several "
+                                     "nodes must share it.")
+    default_ttl_days: float = Field(90, gt=0, description="Lifetime of a new key when none is asked for.")
+    max_ttl_days: float = Field(365, gt=0, description="Longest lifetime a key may be given.")
+    rotation_overlap_hours: float = Field(24, ge=0, description="How long a rotated key keeps working next "
+                                          "to its successor.")
+    cache_ttl: float = Field(30.0, gt=0, le=300, description="Seconds a key's database record is cached on a "
+                             "node. Revocations and consumer changes clear the cache at once (on every node "
+                             "within 1 s when Redis is configured); this bounds staleness otherwise.")
+
+
+def _check_url_or_ref(value: str) -> str:
+    if value.startswith(("env:", "file:")):
+        return _check_secret_ref(value)
+    if re.match(r"^[a-z+]+://[^:/@]*:[^@]+@", value):
+        raise ValueError("a URL with a password is a secret: give it as 'env:NAME' or 'file:PATH'")
+    return value
+
+
+UrlOrRef = Annotated[str, AfterValidator(_check_url_or_ref)]
+
+
 class GatewayConfig(Model):
     version: int = Field(1, ge=1, le=1, description="Configuration format version.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="Listeners, limits and paths.")
     upstreams: dict[Name, UpstreamConfig] = Field(default_factory=dict, description="Upstream services.")
     apis: list[ApiConfig] = Field(default_factory=list, description="The APIs Bastion exposes.")
     policies: PolicyMap = Field(default_factory=dict, description="Policies applied to every route.")
+    store: UrlOrRef | None = Field(None, description="Identity store: `sqlite:///path/to/bastion.db` or "
+                                   "`postgresql://user@host/db` (a URL with a password as `env:`/`file:`). "
+                                   "Default: SQLite in `data_dir/bastion.db`.")
+    redis: UrlOrRef | None = Field(None, description="Redis for several nodes: shared rate-limit counters and "
+                                   "the revocation broadcast, e.g. `redis://127.0.0.1:6379/0`.")
+    keys: KeysConfig = Field(default_factory=KeysConfig, description="API keys: pepper, lifetimes, rotation.")
 
     # Cross-references (an API's upstream, unique API names) are checked by the compiler, which can point
     # at the exact key and line; a model validator could only blame the whole document.

@@ -13,11 +13,38 @@ OPERATION_METHODS = ("get", "put", "post", "delete", "options", "head", "patch",
 
 
 @dataclass(frozen=True, slots=True)
+class OperationSecurity:
+    """What an operation's `security` (or the document's) says: `[]` makes it public; the scopes of its
+    first requirement become permissions the route requires."""
+
+    public: bool
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     operation_id: str
     method: str
     path: str
     spec: Mapping[str, Any]
+    security: OperationSecurity | None = None
+
+
+def _security(requirements: object) -> OperationSecurity | None:
+    if not isinstance(requirements, list):
+        return None
+    if not requirements:
+        return OperationSecurity(True, ())
+    first = requirements[0]
+    if not isinstance(first, Mapping):
+        return None
+    if not first:
+        return OperationSecurity(True, ())  # `- {}`: anonymous access is one of the alternatives
+    scopes: list[str] = []
+    for values in first.values():
+        if isinstance(values, list):
+            scopes.extend(str(v) for v in values)
+    return OperationSecurity(False, tuple(scopes))
 
 
 def load_operations(path: Path) -> tuple[list[Operation], list[ConfigIssue]]:
@@ -56,5 +83,6 @@ def load_operations(path: Path) -> tuple[list[Operation], list[ConfigIssue]]:
                                         f"operationId {op_id!r} is used twice"))
                 continue
             seen.add(op_id)
-            operations.append(Operation(op_id, method.upper(), route_path, spec))
+            security = _security(spec["security"]) if "security" in spec else _security(data.get("security"))
+            operations.append(Operation(op_id, method.upper(), route_path, spec, security))
     return operations, issues

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from bastion.config.loader import (
     validation_issues,
 )
 from bastion.config.model import ApiConfig, GatewayConfig, PolicyMap, RouteSettings, UpstreamConfig
-from bastion.config.openapi import Operation, load_operations
+from bastion.config.openapi import Operation, OperationSecurity, load_operations
 from bastion.pipeline.compiled import CompiledConfig, CompiledRoute
-from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType
+from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType, Stage
+from bastion.policies.authorize.policy import AuthorizeConfig, AuthorizePolicy
 from bastion.proxy.cluster import UpstreamCluster
 from bastion.routing.router import Router, RouteSpec, TemplateError, split_template
 
@@ -43,8 +45,12 @@ class _PolicyBuilder:
         self.issues = issues
         self._built: dict[tuple[Loc, str], BasePolicy] = {}
 
-    def build_site(self, site: Loc, declared: Mapping[str, dict[str, Any]]) -> dict[str, BasePolicy | None]:
+    def build_site(self, site: Loc, declared: Mapping[str, dict[str, Any]],
+                   site_name: str = "global") -> dict[str, BasePolicy | None]:
+        """``site_name`` (``global``, ``api:<api>``, ``route:<api>.<route>``) is stable across reloads:
+        stateful policies key their shared counters by it."""
         out: dict[str, BasePolicy | None] = {}
+        services = replace(self.services, extras={**self.services.extras, "policy_site": site_name})
         for name, raw in declared.items():
             loc = (*site, name)
             policy_type = self.registry.get(name)
@@ -64,7 +70,7 @@ class _PolicyBuilder:
             key = (site, name)
             if key not in self._built:
                 try:
-                    self._built[key] = policy_type.factory(config, self.services)
+                    self._built[key] = policy_type.factory(config, services)
                 except ValueError as exc:
                     self.issues.append(self.doc.issue(loc, str(exc)))
                     continue
@@ -72,10 +78,13 @@ class _PolicyBuilder:
         return out
 
 
-def _chain(*levels: Mapping[str, BasePolicy | None]) -> tuple[tuple[BasePolicy, ...], tuple[BasePolicy, ...]]:
+def _chain(*levels: Mapping[str, BasePolicy | None],
+           authorize: BasePolicy | None = None) -> tuple[tuple[BasePolicy, ...], tuple[BasePolicy, ...]]:
     merged: dict[str, BasePolicy | None] = {}
     for level in levels:
         merged.update(level)
+    if authorize is not None:
+        merged[authorize.name] = authorize
     policies = sorted((p for p in merged.values() if p is not None), key=lambda p: (p.stage, p.name))
     request = tuple(p for p in policies if p.has_request_hook)
     response = tuple(p for p in reversed(policies) if p.has_response_hook)
@@ -131,7 +140,7 @@ class _Compiler:
     def api(self, api_index: int, api: ApiConfig) -> None:
         doc = self.doc
         api_loc: Loc = ("apis", api_index)
-        api_policies = self.builder.build_site((*api_loc, "policies"), api.policies)
+        api_policies = self.builder.build_site((*api_loc, "policies"), api.policies, f"api:{api.name}")
         if api.openapi is not None:
             spec_path = Path(api.openapi)
             if not spec_path.is_absolute():
@@ -154,20 +163,34 @@ class _Compiler:
                 settings = api.operations.get(op.operation_id, RouteSettings())
                 name = _ROUTE_NAME.sub("-", op.operation_id)
                 self._route(api, api_policies, name, op.path, [op.method], settings,
-                            (*api_loc, "operations", op.operation_id))
+                            (*api_loc, "operations", op.operation_id), op.security)
         for route_index, route_cfg in enumerate(api.routes):
             self._route(api, api_policies, route_cfg.name, route_cfg.path, route_cfg.methods, route_cfg,
-                        (*api_loc, "routes", route_index))
+                        (*api_loc, "routes", route_index), None)
+
+    def _access(self, api: ApiConfig, settings: RouteSettings,
+                security: OperationSecurity | None) -> tuple[bool, frozenset[str], bool]:
+        """Whether the route is public, the permissions it requires, and whether it is administrative."""
+        public = api.public
+        permissions = set(api.permissions)
+        if security is not None:
+            if security.public:
+                public = True  # `security: []` in the OpenAPI document
+            permissions.update(security.scopes)
+        if settings.public is not None:
+            public = settings.public
+        permissions.update(settings.permissions or ())
+        return public, frozenset(permissions), bool(settings.admin)
 
     def _route(self, api: ApiConfig, api_policies: dict[str, BasePolicy | None], name: str, path: str,
-               methods: list[str], settings: RouteSettings, loc: Loc) -> None:
+               methods: list[str], settings: RouteSettings, loc: Loc, security: OperationSecurity | None) -> None:
         doc = self.doc
         full_name = f"{api.name}.{name}"
         if full_name in self.route_names:
             self.issues.append(doc.issue(loc, f"route name {name!r} is used twice in api {api.name!r}"))
             return
         self.route_names.add(full_name)
-        route_policies = self.builder.build_site((*loc, "policies"), settings.policies)
+        route_policies = self.builder.build_site((*loc, "policies"), settings.policies, f"route:{full_name}")
         try:
             split_template(api.base_path + path)
         except TemplateError as exc:
@@ -176,7 +199,15 @@ class _Compiler:
         cluster = self.clusters.get(api.upstream)
         if cluster is None:
             return  # unknown upstream (reported by reference_issues) or a check-only pass
-        request, response = _chain(self.global_policies, api_policies, route_policies)
+        public, permissions, admin = self._access(api, settings, security)
+        authorize = None
+        if not public:
+            authorize = AuthorizePolicy(AuthorizeConfig(permissions=sorted(permissions), admin=admin))
+        request, response = _chain(self.global_policies, api_policies, route_policies, authorize=authorize)
+        if not public and not any(p.stage is Stage.AUTHENTICATE for p in request):
+            self.issues.append(doc.issue(loc, "the route is not public and no authentication policy applies to "
+                                              "it: add one (e.g. `key-auth`) or mark it `public: true`"))
+            return
         body = settings.max_body_bytes
         if body is None:
             body = api.max_body_bytes if api.max_body_bytes is not None else self.default_body

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any, Final
 
-from sqlalchemy import Select, bindparam, delete, select, text, update
+from sqlalchemy import Select, bindparam, delete, func, select, text, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -547,6 +547,13 @@ class IdentityStore:
                  .limit(_limit(limit)))
         async with self._read() as session:
             return [audit.to_entry(row) for row in (await session.scalars(query)).all()]
+
+    async def latest_audit_seq(self) -> int:
+        """The newest audit entry's sequence number (0 when empty): every identity change bumps it, so
+        gateway nodes poll it to notice changes made elsewhere (another node, the CLI)."""
+        async with self._read() as session:
+            value = await session.scalar(select(func.max(AuditRow.seq)))
+            return int(value or 0)
 
     async def verify_audit_chain(self) -> AuditVerification:
         async with self._read() as session:

@@ -57,9 +57,10 @@ class KeyAuthPolicy(BasePolicy):
 
     def __init__(self, config: KeyAuthConfig, services: PolicyServices) -> None:
         authenticator = services.extras.get("key_authenticator")
-        if not isinstance(authenticator, KeyAuthenticator):
+        if not isinstance(authenticator, KeyAuthenticator) and not services.extras.get("check_only"):
             raise ValueError("key-auth needs the identity store (it is set up by the gateway runtime)")
-        self._authenticator = authenticator
+        # None only when a configuration is checked offline (`bastion check`): the policy never runs then.
+        self._authenticator = authenticator if isinstance(authenticator, KeyAuthenticator) else None
         self._clock = services.clock
         self._header = config.header.lower()
         self._header_bytes = self._header.encode("latin-1")
@@ -103,6 +104,9 @@ class KeyAuthPolicy(BasePolicy):
             return Reject(AUTH_CREDENTIALS_MISSING,
                           "Send an API key in the 'Authorization: Bearer <key>' or 'X-API-Key' header.",
                           {"WWW-Authenticate": _CHALLENGE}, log_reason="no credential")
+        if self._authenticator is None:
+            return Reject(AUTH_UNAVAILABLE, "Credentials cannot be checked right now.", {"Retry-After": "1"},
+                          log_reason="key-auth built without an identity store")
         try:
             result = await self._authenticator.authenticate(presented, ctx.client_ip)
         except StoreUnavailable:
