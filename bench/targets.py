@@ -117,12 +117,52 @@ def render_policies(ctx: TargetContext) -> dict[str, Any]:
     return config
 
 
-# Later chains plug in here, each compared with bastion-passthrough in the same run, e.g.:
-#   TargetSpec("bastion-apikey-rbac", "bastion", "API key + RBAC", render=render_apikey_rbac,
-#              headers=lambda ctx: {"X-API-Key": ctx.extras["api_key"]}, prepare=create_key,
-#              bars=(Bar("rps", 0.8, reference="bastion-passthrough"),))
-#   "bastion-jwt-scopes" (JWT cached + scopes), "bastion-ratelimit-memory", "bastion-ratelimit-redis"
-#   (prepare starts redis-server through ctx.registry, pinned to ctx.pinning.load_core).
+def render_apikey_rbac(ctx: TargetContext) -> dict[str, Any]:
+    """API key (cached after the first request) + RBAC: the route requires `items:read`."""
+    config = bastion_base(ctx, access_log=False)
+    api = config["apis"][0]
+    api["public"] = False
+    api["permissions"] = ["items:read"]
+    api["policies"] = {"key-auth": {}}
+    return config
+
+
+def provision_key(ctx: TargetContext) -> None:
+    """A consumer with the `reader` role and a read-level key, in the store the gateway will open."""
+    import asyncio
+
+    from bastion.config.model import GatewayConfig
+    from bastion.identity.keys import KeyLevel
+    from bastion.identity.service import IdentityService, identity_settings
+    from bastion.storage.audit import AuditActor
+
+    async def create() -> str:
+        config = GatewayConfig.model_validate(render_apikey_rbac(ctx))
+        service = IdentityService(identity_settings(config, ctx.workdir))
+        actor = AuditActor("bench")
+        try:
+            await service.prepare()
+            await service.store.put_role("reader", ["items:read"], actor=actor)
+            consumer = await service.store.create_consumer("bench", actor=actor, roles=["reader"])
+            key, _ = await service.store.create_key(consumer.id, KeyLevel.READ, actor=actor, hasher=service.hasher,
+                                                    max_ttl=service.settings.max_ttl)
+            return key
+        finally:
+            await service.close()
+
+    ctx.extras["api_key"] = asyncio.run(create())
+
+
+def render_ratelimit(ctx: TargetContext, *, redis: bool) -> dict[str, Any]:
+    """A per-client-address limit that the load never reaches: the cost of counting, not of refusing."""
+    config = bastion_base(ctx, access_log=False)
+    config["policies"] = {"rate-limit": {"limits": [
+        {"name": "per-ip", "key": ["ip"], "rate": 10_000_000, "per": "1s"}]}}
+    if redis:
+        config["redis"] = "redis://127.0.0.1:6379/0"
+    return config
+
+
 TARGETS: list[TargetSpec] = [
     TargetSpec("direct", "direct", "wrk straight at the upstream nginx (no proxy): reference only",
                reference_only=True),
@@ -132,4 +172,14 @@ TARGETS: list[TargetSpec] = [
     TargetSpec("bastion-policies", "bastion", "Bastion + ip-allow + security-headers + default limits "
                "+ access log to a file + metrics", render=render_policies,
                bars=(Bar("rps", 0.30), Bar("p99", 3.0))),
+    TargetSpec("bastion-apikey-rbac", "bastion", "Bastion + API key (cached) + RBAC (route needs items:read)",
+               render=render_apikey_rbac, prepare=provision_key,
+               headers=lambda ctx: {"Authorization": f"Bearer {ctx.extras['api_key']}"},
+               bars=(Bar("rps", 0.85, reference="bastion-passthrough"),)),
+    TargetSpec("bastion-ratelimit-memory", "bastion", "Bastion + rate limit per client address, in memory",
+               render=lambda ctx: render_ratelimit(ctx, redis=False),
+               bars=(Bar("rps", 0.90, reference="bastion-passthrough"),)),
+    TargetSpec("bastion-ratelimit-redis", "bastion", "Bastion + rate limit per client address, in Redis "
+               "(127.0.0.1:6379): one Lua round trip per request; cost reported, no bar",
+               render=lambda ctx: render_ratelimit(ctx, redis=True)),
 ]

@@ -22,8 +22,9 @@ from bastion.errors.codes import (
     AUTH_UNAVAILABLE,
 )
 from bastion.identity.authenticator import AuthFailure, KeyAuthenticator
+from bastion.identity.principal import Principal
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType, Reject, Stage
+from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
 from bastion.policies.key_auth.config import KeyAuthConfig
 from bastion.ratelimit.algorithms import Algorithm, RuleSpec
 from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore
@@ -83,8 +84,8 @@ class KeyAuthPolicy(BasePolicy):
                 return value.decode("latin-1").strip()
         return None
 
-    async def on_request(self, ctx: RequestContext) -> Reject | None:
-        now = self._clock()
+    def _before_lookup(self, ctx: RequestContext, now: float) -> Reject | str:
+        """Refusals that need no lookup, or the presented credential."""
         if self._blocked:
             until = self._blocked.get(ctx.client_ip)
             if until is not None:
@@ -104,26 +105,50 @@ class KeyAuthPolicy(BasePolicy):
             return Reject(AUTH_CREDENTIALS_MISSING,
                           "Send an API key in the 'Authorization: Bearer <key>' or 'X-API-Key' header.",
                           {"WWW-Authenticate": _CHALLENGE}, log_reason="no credential")
+        return presented
+
+    def _accept(self, ctx: RequestContext, principal: Principal) -> None:
+        ctx.strip_upstream_headers.update(("authorization", self._header))
+        ctx.identity = principal
+        if self._consumer_header:
+            ctx.upstream_headers[self._consumer_header.lower()] = principal.consumer_id
+        if self._consumer_name_header:
+            ctx.upstream_headers[self._consumer_name_header.lower()] = principal.consumer_name
+
+    def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
+        """A key the cache knows is decided here, without a task; failures are counted asynchronously."""
+        if self._authenticator is None:
+            return PENDING
+        first = self._before_lookup(ctx, self._clock())
+        if isinstance(first, Reject):
+            return first
+        result = self._authenticator.authenticate_cached(first, ctx.client_ip)
+        if isinstance(result, Principal):
+            self._accept(ctx, result)
+            return None
+        return PENDING  # a miss, or a failure (its counting may touch a shared store): the async path
+
+    async def on_request(self, ctx: RequestContext) -> Reject | None:
+        now = self._clock()
+        first = self._before_lookup(ctx, now)
+        if isinstance(first, Reject):
+            return first
         if self._authenticator is None:
             return Reject(AUTH_UNAVAILABLE, "Credentials cannot be checked right now.", {"Retry-After": "1"},
                           log_reason="key-auth built without an identity store")
         try:
-            result = await self._authenticator.authenticate(presented, ctx.client_ip)
+            result = await self._authenticator.authenticate(first, ctx.client_ip)
         except StoreUnavailable:
             log.error("identity store unavailable: refusing request %s", ctx.request_id)
             return Reject(AUTH_UNAVAILABLE, "Credentials cannot be checked right now; retry shortly.",
                           {"Retry-After": "1"}, log_reason="identity store unavailable")
-        ctx.strip_upstream_headers.update(("authorization", self._header))
         if isinstance(result, AuthFailure):
+            ctx.strip_upstream_headers.update(("authorization", self._header))
             await self._count_failure(ctx.client_ip, now)
             reason = result.reason if result.key_id is None else f"{result.reason} (key {result.key_id})"
             return Reject(AUTH_CREDENTIALS_INVALID, "The credential was not accepted.",
                           {"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'}, log_reason=reason)
-        ctx.identity = result
-        if self._consumer_header:
-            ctx.upstream_headers[self._consumer_header.lower()] = result.consumer_id
-        if self._consumer_name_header:
-            ctx.upstream_headers[self._consumer_name_header.lower()] = result.consumer_name
+        self._accept(ctx, result)
         return None
 
     async def _count_failure(self, client_ip: str, now: float) -> None:
