@@ -6,6 +6,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -288,3 +289,39 @@ def test_close_delimited_upstream_response_is_forwarded_whole(make_gateway: Call
         assert response.status_code == 200
         assert response.text == "until the end"
         assert response.headers["transfer-encoding"] == "chunked"
+
+
+def test_response_size_cap(make_gateway: Callable[..., Gateway], upstream: Upstream) -> None:
+    config = base_config(upstream.url)
+    config["upstreams"]["shop"]["max_response_bytes"] = 100
+    gateway = make_gateway(config)
+    with gateway.client() as client:
+        declared = client.get("/v1/users")  # Content-Length ~174 > 100: refused before anything is sent
+        assert declared.status_code == 502
+        assert_safe_problem(declared, "upstream.response_too_large")
+        with pytest.raises(httpx.HTTPError):  # chunked past the cap: the response is cut, never completed
+            client.get("/v1/big", params={"kb": 8}).read()
+    with gateway.client() as client:
+        assert client.get("/v1/status/204").status_code == 204
+    records = gateway.wait_access_log(3)
+    assert any("max_response_bytes" in (r.get("reason") or "") for r in records)
+
+
+def test_upstream_bulkhead(make_gateway: Callable[..., Gateway], upstream: Upstream) -> None:
+    config = base_config(upstream.url)
+    config["upstreams"]["shop"]["max_concurrent_requests"] = 2
+    gateway = make_gateway(config)
+
+    def slow() -> httpx.Response:
+        with gateway.client() as client:
+            return client.get("/v1/slow", params={"ms": 800})
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        responses = list(pool.map(lambda _: slow(), range(5)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 503, 503, 503], statuses
+    busy = next(r for r in responses if r.status_code == 503)
+    assert_safe_problem(busy, "upstream.busy")
+    assert busy.headers["retry-after"] == "1"
+    with gateway.client() as client:  # the slots came back
+        assert [client.get("/v1/users").status_code for _ in range(3)] == [200, 200, 200]

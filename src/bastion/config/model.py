@@ -190,6 +190,12 @@ class UpstreamConfig(Model):
                                 "target's host.")
     max_response_header_bytes: int = Field(65536, ge=1024, description="Upstream response heads larger "
                                            "than this are refused -> 502.")
+    max_response_bytes: int | None = Field(None, ge=0, description="Upstream response bodies larger than this "
+                                           "are refused (502 before the response starts, or the connection "
+                                           "is cut when it streams past the cap). Null: no cap.")
+    max_concurrent_requests: int | None = Field(None, ge=1, description="Requests in flight to this upstream "
+                                                "at once (a bulkhead: one slow service cannot take every "
+                                                "connection); beyond it -> 503 `upstream.busy`. Null: no cap.")
 
 
 class RouteSettings(Model):

@@ -128,7 +128,8 @@ AUTHZ_PERMISSION_DENIED = ErrorCode(
     "authz.permission_denied", 403, "Permission denied",
     "The credential is valid but does not grant what this route requires: the problem's `detail` names "
     "the missing permissions (a request's rights are the credential's scopes intersected with its "
-    "consumer's role permissions). No data of the resource is returned.",
+    "consumer's role permissions). No data of the resource is returned. On the admin API: the key's "
+    "consumer has no admin role, or its admin role (`operator`, `auditor`) does not cover the operation.",
 )
 AUTHZ_LEVEL_INSUFFICIENT = ErrorCode(
     "authz.level_insufficient", 403, "Key level insufficient",
@@ -167,6 +168,16 @@ UPSTREAM_BAD_RESPONSE = ErrorCode(
     "The upstream answered with a response the gateway refuses to forward: bad framing, an oversized "
     "head, or an invalid status line.",
 )
+UPSTREAM_BUSY = ErrorCode(
+    "upstream.busy", 503, "Upstream at capacity",
+    "The upstream already has as many requests in flight as its `max_concurrent_requests` allows. Retry "
+    "after the delay in `Retry-After`.",
+)
+UPSTREAM_RESPONSE_TOO_LARGE = ErrorCode(
+    "upstream.response_too_large", 502, "Upstream response too large",
+    "The upstream's response body is larger than its `max_response_bytes` cap. Nothing of it is forwarded "
+    "when its declared length is over the cap; a body that streams past the cap is cut off.",
+)
 UPSTREAM_SERVER_ERROR = ErrorCode(
     "upstream.server_error", 502, "Upstream error",
     "The upstream answered with a 5xx status; its body is replaced so that internals never leak. "
@@ -195,6 +206,36 @@ ADMIN_NOT_FOUND = ErrorCode(
 ADMIN_METHOD_NOT_ALLOWED = ErrorCode(
     "admin.method_not_allowed", 405, "Method not allowed",
     "The admin endpoint does not accept this method.",
+)
+ADMIN_INVALID_JSON = ErrorCode(
+    "admin.invalid_json", 400, "Malformed JSON body",
+    "The admin API request body is not valid JSON. Send one JSON object with "
+    "`Content-Type: application/json`.",
+)
+ADMIN_UNSUPPORTED_MEDIA_TYPE = ErrorCode(
+    "admin.unsupported_media_type", 415, "Unsupported media type",
+    "The admin API only accepts request bodies with `Content-Type: application/json`.",
+)
+ADMIN_INVALID_REQUEST = ErrorCode(
+    "admin.invalid_request", 422, "Invalid request",
+    "The admin API request is well-formed JSON but its content was refused: a missing or unknown field, a "
+    "value of the wrong type or out of range (for example a key lifetime above `keys.max_ttl_days`), an "
+    "unknown role, or a state that does not allow the operation (rotating a revoked key). The problem's "
+    "`errors` list names each field with its message.",
+)
+ADMIN_RESOURCE_NOT_FOUND = ErrorCode(
+    "admin.resource_not_found", 404, "No such resource",
+    "The consumer, role or API key named in the admin API path does not exist (or was deleted).",
+)
+ADMIN_CONFLICT = ErrorCode(
+    "admin.conflict", 409, "Conflict",
+    "The change conflicts with existing data: a consumer with that name exists, a role is still granted to "
+    "consumers, or a key has already been rotated. Nothing was changed.",
+)
+ADMIN_STORE_UNAVAILABLE = ErrorCode(
+    "admin.store_unavailable", 503, "Identity store unavailable",
+    "The identity store could not be reached while serving an admin API request; nothing was changed. "
+    "Retry after the delay in `Retry-After`.",
 )
 CONFIG_INVALID = ErrorCode(
     "config.invalid", 422, "Configuration rejected",

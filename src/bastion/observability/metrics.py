@@ -21,6 +21,7 @@ class GatewayMetrics:
         self._latency: dict[str, _Histogram] = {}
         self._upstream: dict[str, _Histogram] = {}
         self._rejections: dict[str, int] = {}
+        self._policy_events: dict[tuple[str, str, str], int] = {}
         self.registry.register(_RequestCollector(self))
         self.upstream_healthy = Gauge("bastion_upstream_healthy_targets", "Targets currently available, "
                                       "by upstream.", ["upstream"], registry=self.registry)
@@ -48,6 +49,10 @@ class GatewayMetrics:
 
     def observe_rejection(self, code: str) -> None:
         self._rejections[code] = self._rejections.get(code, 0) + 1
+
+    def observe_policy_event(self, policy: str, event: str, name: str) -> None:
+        key = (policy, event, name)
+        self._policy_events[key] = self._policy_events.get(key, 0) + 1
 
 
 class _Histogram:
@@ -93,6 +98,12 @@ class _RequestCollector(Collector):
         for code, count in list(metrics._rejections.items()):
             rejections.add_metric([code], count)
         yield rejections
+        events = CounterMetricFamily("bastion_policy_events", "Policy events by policy, event and configured "
+                                     "name (shadow refusals, fail-open decisions, flow refusals, ...).",
+                                     labels=["policy", "event", "name"])
+        for (policy, event, name), count in list(metrics._policy_events.items()):
+            events.add_metric([policy, event, name], count)
+        yield events
 
 
 def _histogram_family(name: str, documentation: str, label: str,

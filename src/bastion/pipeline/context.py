@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,3 +74,19 @@ class RequestContext:
     reject_code: str | None = None
     log_reason: str | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
+    body: bytes | None = None  # the whole request body, read only when a route's policy needs it
+    events: list[tuple[str, str, str]] | None = None  # (policy, event, name) for metrics and the access log
+    cleanups: list[Callable[[], None]] | None = None  # run once the exchange is over, whatever its outcome
+
+    def record(self, policy: str, event: str, name: str) -> None:
+        """Count a policy event (e.g. a shadow refusal) in `bastion_policy_events_total` and the access log.
+        ``name`` must come from configuration (a limit or flow name), never from the request."""
+        if self.events is None:
+            self.events = []
+        self.events.append((policy, event, name))
+
+    def on_finish(self, callback: Callable[[], None]) -> None:
+        """Release what the request holds (a concurrency slot, ...) when it ends, answered or not."""
+        if self.cleanups is None:
+            self.cleanups = []
+        self.cleanups.append(callback)

@@ -103,6 +103,9 @@ class GatewayHandler:
         assert route is not None
         policies = route.request_policies
         for index, policy in enumerate(policies):
+            if policy.needs_body and ex.body_expected:
+                self.loop.create_task(self._continue(ex, ctx, route, index))  # the body must be read first
+                return True
             outcome = policy.try_sync(ctx)
             if outcome is PENDING:
                 self.loop.create_task(self._continue(ex, ctx, route, index))
@@ -111,6 +114,8 @@ class GatewayHandler:
                 assert isinstance(outcome, Reject)
                 self._reject(ex, ctx, outcome)
                 return True
+        if not self._admit(ex, ctx, route):
+            return True
         forwarding = _Forwarding(self, ex, ctx, route)
         if not forwarding.start_with_idle_connection():
             self.loop.create_task(forwarding.run())
@@ -126,13 +131,32 @@ class GatewayHandler:
     async def _continue(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, first: int) -> None:
         policies = route.request_policies
         for index in range(first, len(policies)):
-            reject = await policies[index].on_request(ctx)
+            policy = policies[index]
+            if policy.needs_body and ctx.body is None and ex.body_expected:
+                chunks = [chunk async for chunk in ex.iter_body()]
+                if ex.response_started or ex.client_gone:
+                    return
+                ctx.body = b"".join(chunks)
+            reject = await policy.on_request(ctx)
             if ex.response_started:
                 return  # the server refused the request meanwhile (deadline, body limit)
             if reject is not None:
                 self._reject(ex, ctx, reject)
                 return
-        await _Forwarding(self, ex, ctx, route).run()
+        if self._admit(ex, ctx, route):
+            await _Forwarding(self, ex, ctx, route).run()
+
+    def _admit(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute) -> bool:
+        """The upstream's bulkhead: a slot for the whole exchange, given back when it is over."""
+        cluster = route.upstream
+        if cluster.config.max_concurrent_requests is None:
+            return True
+        if not cluster.enter():
+            ex.scratch["log_reason"] = f"upstream {cluster.name} at max_concurrent_requests"
+            ex.send_problem(codes.UPSTREAM_BUSY, headers=[(b"retry-after", b"1")])
+            return False
+        ctx.on_finish(cluster.leave)
+        return True
 
     def _prepare(self, ex: Exchange) -> RequestContext | None:
         """Routing outcomes that need no policy, then the request context (None: already answered)."""
@@ -176,6 +200,20 @@ class GatewayHandler:
         reject_code = scratch.get("reject_code")
         if isinstance(reject_code, str):
             metrics.observe_rejection(reject_code)
+        ctx = scratch.get("ctx")
+        events = None
+        if isinstance(ctx, RequestContext):
+            if ctx.cleanups:
+                for cleanup in ctx.cleanups:
+                    try:
+                        cleanup()
+                    except Exception:
+                        log.exception("request cleanup failed (request_id=%s)", ex.request_id)
+                ctx.cleanups = None
+            events = ctx.events
+            if events:
+                for policy, event, name in events:
+                    metrics.observe_policy_event(policy, event, name)
         access_log = self._access_log
         if access_log is None:
             return
@@ -201,6 +239,7 @@ class GatewayHandler:
             "reason": scratch.get("log_reason"),
             "tls": ex.tls,
             "config": config.generation if isinstance(config, CompiledConfig) else None,
+            "events": [f"{p}:{e}:{n}" for p, e, n in events] if events else None,
         })
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -258,8 +297,8 @@ class GatewayHandler:
         if route.strip_prefix and path.startswith(route.strip_prefix):
             path = path[len(route.strip_prefix):] or "/"
         target_path = target.prefix + encode_path(path)
-        if ex.query:
-            target_path += "?" + ex.query
+        if ctx.query:
+            target_path += "?" + ctx.query  # a policy may have rewritten it (e.g. clamped a page size)
         lines = [ex.method.encode("latin-1"), b" ", target_path.encode("latin-1"), b" HTTP/1.1\r\n"]
         client_host = b""
         prior_xff = b""
@@ -288,7 +327,9 @@ class GatewayHandler:
                   b"\r\n")
         for name_str, value_str in extra.items():
             lines.append(f"{name_str}: {value_str}\r\n".encode("latin-1"))
-        if ex.content_length is not None:
+        if ctx.body is not None:
+            lines += (b"content-length: ", str(len(ctx.body)).encode(), b"\r\n")
+        elif ex.content_length is not None:
             lines += (b"content-length: ", str(ex.content_length).encode(), b"\r\n")
         elif ex.body_expected:
             lines.append(b"transfer-encoding: chunked\r\n")
@@ -423,7 +464,7 @@ class _ProxyExchange:
 
     Driven by callbacks only; the end of the attempt is reported to its ``_Forwarding``."""
 
-    __slots__ = ("_body_sent", "_chunked_up", "_finished", "_masking", "_released", "_sent_at", "conn",
+    __slots__ = ("_body_sent", "_chunked_up", "_finished", "_masking", "_released", "_remaining", "_sent_at", "conn",
                  "ex", "forwarding", "metrics", "reused", "target", "upstream_status")
 
     def __init__(self, forwarding: _Forwarding, target: Target, conn: UpstreamConnection, reused: bool,
@@ -438,9 +479,10 @@ class _ProxyExchange:
         self._finished = False
         self._masking = False
         self._body_sent = not ex.body_expected
-        self._chunked_up = ex.body_expected and ex.content_length is None
+        self._chunked_up = ex.body_expected and ex.content_length is None and forwarding.ctx.body is None
         self._sent_at = 0.0
         self._released = False
+        self._remaining: int | None = None  # response bytes still allowed under max_response_bytes
         self.upstream_status = 0
 
     def start(self) -> None:
@@ -452,7 +494,11 @@ class _ProxyExchange:
         head = handler.upstream_head(ex, forwarding.ctx, forwarding.route, self.target, forwarding.config)
         self.conn.begin(self, head, body_allowed=not ex.head_only,
                         read_timeout=forwarding.cluster.config.timeouts.read, deadline=forwarding.deadline)
-        if ex.body_expected:
+        body = forwarding.ctx.body
+        if body is not None:
+            self.conn.write(body)  # read whole for a policy: sent as it is now, with its own length
+            self._body_sent = True
+        elif ex.body_expected:
             ex.set_body_sink(self._write_body, self._end_body)
         ex.add_producer_for(self._on_client_backpressure)
 
@@ -525,6 +571,12 @@ class _ProxyExchange:
             kept.append((name, value))
         if close_delimited:
             content_length = None
+        cap = cluster.config.max_response_bytes
+        if cap is not None:
+            if content_length is not None and content_length > cap:
+                self._refuse_oversize(f"upstream declared {content_length} bytes, over max_response_bytes")
+                return
+            self._remaining = cap
         policies = route.response_policies
         ctx = forwarding.ctx
         if policies or ctx.response_headers:
@@ -538,8 +590,24 @@ class _ProxyExchange:
         ex.start_response(status, kept, content_length=content_length)
 
     def on_response_body(self, chunk: bytes) -> None:
-        if not self._masking:
-            self.ex.write(chunk)
+        if self._masking or self._finished:
+            return
+        if self._remaining is not None:
+            self._remaining -= len(chunk)
+            if self._remaining < 0:
+                self._refuse_oversize("upstream response streamed past max_response_bytes")
+                return
+        self.ex.write(chunk)
+
+    def _refuse_oversize(self, reason: str) -> None:
+        ex = self.ex
+        self._release(reusable=False)
+        ex.scratch["log_reason"] = reason
+        if ex.response_started:
+            ex.abort()  # part of it is out: the client must see a cut, not a complete-looking body
+        else:
+            ex.send_problem(codes.UPSTREAM_RESPONSE_TOO_LARGE)
+        self._finish(_ClientGone("answered"))
 
     def on_response_complete(self) -> None:
         ex = self.ex

@@ -84,6 +84,7 @@ class BasePolicy:
     Config: ClassVar[type[BaseModel]]
     has_request_hook: ClassVar[bool] = True
     has_response_hook: ClassVar[bool] = False
+    needs_body: ClassVar[bool] = False  # True: the gateway reads the whole body (up to the route's limit) first
 
     async def on_request(self, ctx: RequestContext) -> Reject | None:
         return None

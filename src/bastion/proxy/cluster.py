@@ -100,6 +100,7 @@ class UpstreamCluster:
         self._schedule = schedule
         self._cursor = 0
         self.retry_budget = RetryBudget(config.retries.budget_ratio, config.retries.min_per_second)
+        self.in_flight = 0  # requests admitted under max_concurrent_requests
         self._health_task: asyncio.Task[None] | None = None
 
     # -- balancing ---------------------------------------------------------------------------------
@@ -115,6 +116,17 @@ class UpstreamCluster:
         if exclude is not None and exclude.available(now):
             return exclude
         return None
+
+    def enter(self) -> bool:
+        """Take a slot of the bulkhead (always granted without a cap); release it with ``leave``."""
+        cap = self.config.max_concurrent_requests
+        if cap is not None and self.in_flight >= cap:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
 
     def healthy_count(self) -> int:
         now = time.monotonic()

@@ -492,6 +492,12 @@ class HttpConnection(asyncio.Protocol):
             if ex is not None and not ex.response_done:
                 ex._client_gone()
         self._queue.clear()
+        active = self._active
+        if active is not None and not active.response_done:
+            # Nobody to answer. Finishing here (not in the handler) also covers requests served on callbacks
+            # only: the access log still gets its line (status 0) and per-request cleanups still run.
+            active.scratch.setdefault("log_reason", "client closed the connection")
+            active.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._closed or self._fatal is not None:
