@@ -278,7 +278,8 @@ class Runtime:
         if server.http.enabled:
             await self._listen("http", plain_handler, server.http.host, server.http.port, sockets, tls=False)
         if server.admin.enabled:
-            admin_app = create_admin_app(AdminServices(self.metrics, self.reload, self.status, self._docs_base))
+            admin_app = create_admin_app(AdminServices(self.metrics, self.reload, self.status, self._docs_base,
+                                                       self._identity))
             admin_handler = AsgiHandler(admin_app, max_body_bytes=1024 * 1024,
                                         server=(server.admin.host, server.admin.port),
                                         finished=self._finished_quietly)

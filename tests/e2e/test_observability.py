@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import httpx
 
+from tests.support.admin import admin_headers
 from tests.support.processes import Gateway, Upstream, assert_safe_problem, base_config
 
 ACCESS_FIELDS = {"time", "request_id", "client", "method", "route", "status", "upstream_status", "duration_ms",
@@ -139,7 +140,7 @@ def test_admin_reload_problem_is_safe_for_a_missing_file(make_gateway: Callable[
                                                          upstream: Upstream) -> None:
     gateway = make_gateway(base_config(upstream.url))
     gateway.config_path.unlink()
-    response = httpx.post(gateway.admin_url + "/admin/v1/reload", timeout=5.0)
+    response = httpx.post(gateway.admin_url + "/admin/v1/reload", headers=admin_headers(gateway), timeout=5.0)
     assert response.status_code == 422
     body = response.json()
     assert body["code"] == "config.invalid"
@@ -159,5 +160,6 @@ def test_metrics_scrape_reports_current_gauges(make_gateway: Callable[..., Gatew
     assert connections["http"] == 1.0 and connections["admin"] >= 1.0
     del config["upstreams"]["spare"]
     gateway.write_config(config)
-    assert httpx.post(gateway.admin_url + "/admin/v1/reload", timeout=5.0).status_code == 200
+    assert httpx.post(gateway.admin_url + "/admin/v1/reload", headers=admin_headers(gateway),
+                      timeout=5.0).status_code == 200
     assert healthy_targets(gateway) == {"shop": 1.0}  # a removed upstream does not linger

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.admin import admin_headers
 from tests.support.processes import Gateway, Upstream, assert_safe_problem, base_config
 
 
@@ -29,7 +30,7 @@ def changed_config(upstream: Upstream) -> dict[str, Any]:
 
 
 def admin_reload(gateway: Gateway) -> httpx.Response:
-    return httpx.post(gateway.admin_url + "/admin/v1/reload", timeout=10.0)
+    return httpx.post(gateway.admin_url + "/admin/v1/reload", headers=admin_headers(gateway), timeout=10.0)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

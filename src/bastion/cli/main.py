@@ -1,4 +1,4 @@
-"""`bastion run | check | demo | config-docs`."""
+"""`bastion run | check | demo | config-docs`, and the identity commands (`bastion.cli.identity`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from bastion import __version__
+from bastion.cli import identity
 from bastion.cli.logging_setup import setup_logging
 
 
@@ -90,6 +91,9 @@ def config_docs(docs_dir: str) -> None:
     from bastion.config import docs
 
     sys.exit(docs.main(["--docs-dir", docs_dir]))
+
+
+identity.register(main)
 
 
 if __name__ == "__main__":

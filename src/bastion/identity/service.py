@@ -19,6 +19,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from bastion.config.loader import resolve_secret
 from bastion.config.model import GatewayConfig
 from bastion.identity.authenticator import KeyAuthenticator
@@ -118,8 +120,8 @@ class IdentityService:
                 raise IdentitySetupError("the identity database is not migrated to this version: run "
                                          "`bastion migrate -c <config>` first")
             self._last_seq = await self.store.latest_audit_seq()
-        except StoreUnavailable as exc:
-            raise IdentitySetupError("the identity store cannot be reached") from exc
+        except (StoreUnavailable, SQLAlchemyError) as exc:
+            raise IdentitySetupError(f"the identity store cannot be reached ({type(exc).__name__})") from exc
         except OSError as exc:
             raise IdentitySetupError(f"the identity store cannot be opened: {exc.strerror}") from exc
 
