@@ -25,6 +25,7 @@ from bastion.pipeline.compiler import load_and_compile
 from bastion.pipeline.handler import GatewayHandler
 from bastion.pipeline.policy import PolicyServices
 from bastion.policies import builtin_policy_types
+from bastion.policies.concurrency.policy import SlotTables
 from bastion.proxy.cluster import UpstreamCluster
 from bastion.ratelimit.store import CounterStore, MemoryCounterStore, RedisCounterStore
 from bastion.server.asgi import AsgiHandler
@@ -102,6 +103,7 @@ class Runtime:
         self._identity: IdentityService | None = None
         self._identity_source: tuple[object, ...] = ()
         self._counters: CounterStore | None = None
+        self._slots = SlotTables()  # in-flight counts survive reloads, like the counters
         self.started_at = time.time()
 
     # -- configuration -----------------------------------------------------------------------------
@@ -150,7 +152,8 @@ class Runtime:
         else:
             self._counters = MemoryCounterStore()
         self._services = PolicyServices(clock=time.monotonic, extras={
-            "key_authenticator": self._identity.authenticator, "counters": self._counters})
+            "key_authenticator": self._identity.authenticator, "counters": self._counters,
+            "concurrency_slots": self._slots})
         compiled = self._compile()
         self._install(compiled)
         return compiled

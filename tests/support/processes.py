@@ -78,6 +78,9 @@ class Upstream:
 
 def start_upstream() -> Upstream:
     sock = bind_socket()
+    # Accepted sockets inherit TCP_NODELAY on Linux; uvicorn does not set it on a socket passed by fd, and
+    # without it every keep-alive response waited ~40 ms for a delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     process = subprocess.Popen(
         [sys.executable, "-m", "bastion.demo", "--fd", str(sock.fileno())],
         pass_fds=[sock.fileno()], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

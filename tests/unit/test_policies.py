@@ -25,12 +25,20 @@ def verdict(policy: IpAllowPolicy, ip: str) -> str | None:
     return None if reject is None else reject.code.code
 
 
+# Policies that have no meaning without some settings (a flow needs a name and a limit, a quota its size).
+MINIMAL_CONFIGS: dict[str, dict[str, object]] = {
+    "business-flow": {"name": "checkout", "global": {"rate": 10, "per": "1m"}},
+    "quota": {"period": "day", "limit": 1000},
+}
+
+
 def test_registry_builds_each_policy_from_its_config() -> None:
     types = builtin_policy_types()
     assert {"ip-allow", "key-auth", "rate-limit", "security-headers"} <= set(types)
     for policy_type in types.values():
         services = PolicyServices(time.monotonic, extras={"check_only": True})
-        policy = policy_type.factory(policy_type.config_model.model_validate({}), services)
+        config = policy_type.config_model.model_validate(MINIMAL_CONFIGS.get(policy_type.name, {}))
+        policy = policy_type.factory(config, services)
         assert policy.name == policy_type.name and policy.stage == policy_type.stage
     assert types["ip-allow"].stage == Stage.GUARD
 

@@ -89,6 +89,7 @@ _AREA_TITLES = {
     "authz": "Authorization",
     "rate_limit": "Rate limiting",
     "flow": "Business flows",
+    "quota": "Quotas",
     "upstream": "Upstream",
     "gateway": "Gateway",
     "admin": "Admin listener",

@@ -146,8 +146,62 @@ RATE_LIMIT_EXCEEDED = ErrorCode(
 )
 RATE_LIMIT_UNAVAILABLE = ErrorCode(
     "rate_limit.unavailable", 503, "Rate limiting unavailable",
-    "The shared rate-limit store cannot be reached and the route's rate-limit policy fails closed, so the "
-    "request could not be checked against its limits. Retry after the delay in `Retry-After`.",
+    "The shared counter store cannot be reached and the route's rate-limit, business-flow or quota policy "
+    "fails closed, so the request could not be checked against its limits. Retry after the delay in "
+    "`Retry-After`.",
+)
+CONCURRENCY_EXCEEDED = ErrorCode(
+    "concurrency.exceeded", 429, "Too many concurrent requests",
+    "The caller (counted by address, consumer or credential, as configured) already has as many requests "
+    "in progress on this route as its concurrency limit allows. Wait for one to finish, or the number of "
+    "seconds in `Retry-After`, before retrying.",
+)
+
+# -- business flows ------------------------------------------------------------------------------
+FLOW_LIMIT_EXCEEDED = ErrorCode(
+    "flow.limit_exceeded", 429, "Business flow limit exceeded",
+    "The route is part of a sensitive business flow (checkout, sign-up, ...) whose velocity limit was "
+    "reached: per consumer, per client address or for all callers together. The problem's `detail` names "
+    "the flow. Wait the number of seconds in `Retry-After` before retrying. No `RateLimit` headers are sent "
+    "for flows: they would help automated clients pace themselves just under the limit.",
+)
+FLOW_CONSUMER_REQUIRED = ErrorCode(
+    "flow.consumer_required", 403, "Business flow needs an identified consumer",
+    "The route is part of a sensitive business flow that only identified consumers may use, and the "
+    "request carries no credential. Authenticate (for example with an API key) and retry.",
+)
+
+# -- quotas --------------------------------------------------------------------------------------
+QUOTA_EXCEEDED = ErrorCode(
+    "quota.exceeded", 429, "Quota exceeded",
+    "The caller's quota for the current calendar period (a UTC day or month) is used up. `Retry-After` is "
+    "the number of seconds until the period ends and the quota starts again; `Quota-Limit`, "
+    "`Quota-Remaining` and `Quota-Reset` are sent on every response of a route with a quota.",
+)
+
+# -- request validation --------------------------------------------------------------------------
+REQUEST_QUERY_INVALID = ErrorCode(
+    "request.query_invalid", 400, "Invalid query parameters",
+    "A query parameter is outside the route's limits: not an integer (or number) where one is required, "
+    "above its maximum or below its minimum, or too long; or the query has too many parameters. The "
+    "problem's `detail` names the parameter when the route declares it.",
+)
+REQUEST_JSON_INVALID = ErrorCode(
+    "request.json_invalid", 400, "Invalid JSON body",
+    "The request body is declared as JSON but is not valid JSON (RFC 8259): a syntax error, invalid "
+    "UTF-8, a byte-order mark, `NaN` or `Infinity`, an unpaired surrogate escape, or an object with the "
+    "same key twice (upstream parsers disagree about which value wins, so such bodies are refused).",
+)
+REQUEST_JSON_TOO_COMPLEX = ErrorCode(
+    "request.json_too_complex", 413, "JSON body too complex",
+    "The JSON request body exceeds one of the route's structure limits: nesting depth, array length, "
+    "string length, number length or total number of object keys. The problem's `detail` names the limit.",
+)
+REQUEST_UNSUPPORTED_MEDIA_TYPE = ErrorCode(
+    "request.unsupported_media_type", 415, "Unsupported media type",
+    "The route only accepts JSON request bodies (`Content-Type: application/json` or a `+json` type), or "
+    "the JSON body has a `Content-Encoding`: compressed bodies cannot be checked against the route's "
+    "limits, so they are refused.",
 )
 
 # -- upstream ------------------------------------------------------------------------------------

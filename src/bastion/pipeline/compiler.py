@@ -78,6 +78,11 @@ class _PolicyBuilder:
         return out
 
 
+# Within the LIMIT stage the cheap, refusing-first limits run before those that spend a budget: a request
+# refused by its rate limit has not used up quota or a business-flow allowance. Others run by name.
+_WITHIN_STAGE = {"rate-limit": 0, "business-flow": 1, "concurrency": 2, "quota": 3}
+
+
 def _chain(*levels: Mapping[str, BasePolicy | None],
            authorize: BasePolicy | None = None) -> tuple[tuple[BasePolicy, ...], tuple[BasePolicy, ...]]:
     merged: dict[str, BasePolicy | None] = {}
@@ -85,7 +90,8 @@ def _chain(*levels: Mapping[str, BasePolicy | None],
         merged.update(level)
     if authorize is not None:
         merged[authorize.name] = authorize
-    policies = sorted((p for p in merged.values() if p is not None), key=lambda p: (p.stage, p.name))
+    policies = sorted((p for p in merged.values() if p is not None),
+                      key=lambda p: (p.stage, _WITHIN_STAGE.get(p.name, len(_WITHIN_STAGE)), p.name))
     request = tuple(p for p in policies if p.has_request_hook)
     response = tuple(p for p in reversed(policies) if p.has_response_hook)
     return request, response

@@ -192,6 +192,17 @@ class GatewayHandler:
 
     def finished(self, ex: Exchange) -> None:
         scratch = ex.scratch
+        ctx = scratch.get("ctx")
+        events = None
+        if isinstance(ctx, RequestContext):
+            if ctx.cleanups:  # first: a slot must come back even if the bookkeeping below fails
+                for cleanup in ctx.cleanups:
+                    try:
+                        cleanup()
+                    except Exception:
+                        log.exception("request cleanup failed (request_id=%s)", ex.request_id)
+                ctx.cleanups = None
+            events = ctx.events
         route = scratch.get("route")
         route_label = route if isinstance(route, str) else "-"
         duration = time.monotonic() - ex.started
@@ -200,20 +211,9 @@ class GatewayHandler:
         reject_code = scratch.get("reject_code")
         if isinstance(reject_code, str):
             metrics.observe_rejection(reject_code)
-        ctx = scratch.get("ctx")
-        events = None
-        if isinstance(ctx, RequestContext):
-            if ctx.cleanups:
-                for cleanup in ctx.cleanups:
-                    try:
-                        cleanup()
-                    except Exception:
-                        log.exception("request cleanup failed (request_id=%s)", ex.request_id)
-                ctx.cleanups = None
-            events = ctx.events
-            if events:
-                for policy, event, name in events:
-                    metrics.observe_policy_event(policy, event, name)
+        if events:
+            for policy, event, name in events:
+                metrics.observe_policy_event(policy, event, name)
         access_log = self._access_log
         if access_log is None:
             return

@@ -1,12 +1,12 @@
 """Rate-limiting core: algorithms, counter stores and store-failure handling.
 
-A lower layer: nothing here imports the pipeline, the server or the runtime. The `rate-limit` policy
-(bastion.policies.rate_limit) builds on it.
+A lower layer: nothing here imports the pipeline, the server or the runtime. The `rate-limit`,
+`business-flow` and `quota` policies build on it.
 """
 
 from __future__ import annotations
 
-from bastion.ratelimit.algorithms import Algorithm, Decision, RuleSpec
+from bastion.ratelimit.algorithms import Algorithm, Decision, FixedWindow, RuleSpec
 from bastion.ratelimit.failover import FailureMode, LocalFallback
 from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore, RedisCounterStore
 
@@ -16,6 +16,7 @@ __all__ = [
     "CounterStoreError",
     "Decision",
     "FailureMode",
+    "FixedWindow",
     "LocalFallback",
     "MemoryCounterStore",
     "RedisCounterStore",

@@ -8,6 +8,10 @@ Two algorithms:
 - **GCRA** (generic cell rate algorithm, equivalent to a token bucket of capacity `burst` refilled at
   `limit` per `period`): one timestamp per key, the "theoretical arrival time" (TAT).
 
+And one for quotas: a **fixed window** whose start and end the caller gives (`FixedWindow`), because calendar
+periods (a UTC day, a month of 28 to 31 days) cannot be derived from the clock by division. It is not an
+`Algorithm` member: a rate limit has no calendar to give it.
+
 The Redis store runs the same arithmetic in Lua (bastion.ratelimit.scripts); the contract tests hold the
 two implementations to the same admission counts.
 """
@@ -132,6 +136,46 @@ def window_retry_after(previous: int, current: int, cost: int, limit: int, elaps
         return max(0.0, at - elapsed)
     # In the next window, this window's count becomes the weighted one: current * (1 - y / period) <= room.
     return (period - elapsed) + period * (1.0 - room / current)
+
+
+@dataclass(frozen=True, slots=True)
+class FixedWindow:
+    """`limit` units in the window [start, end), in seconds of the caller's wall clock (UNIX time: the Redis
+    store measures what is left of the window on the server's clock)."""
+
+    limit: int
+    start: float
+    end: float
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or self.end <= self.start:
+            raise ValueError(f"invalid fixed window: {self.limit} in [{self.start}, {self.end})")
+
+    def divided(self, nodes: int) -> FixedWindow:
+        """This window's share on one of `nodes` nodes that each count alone (never below 1)."""
+        if nodes <= 1:
+            return self
+        return FixedWindow(max(1, self.limit // nodes), self.start, self.end)
+
+
+# A fixed-window key: (window start, units spent in it, window end: when the state can be dropped).
+FixedState: TypeAlias = tuple[float, int, float]
+
+
+def fixed_window(state: FixedState | None, now: float, window: FixedWindow,
+                 cost: int) -> tuple[FixedState | None, Decision]:
+    """One fixed-window hit. A state of another window counts as empty (the window rolled over). Returns the
+    state to store and the decision; a refused hit leaves the state as it was."""
+    spent = state[1] if state is not None and state[0] == window.start else 0
+    limit = window.limit
+    reset = window.end - now
+    if reset < 0:
+        reset = 0.0
+    if spent + cost <= limit:
+        return ((window.start, spent + cost, window.end),
+                _decision(Decision, (True, limit, limit - spent - cost, reset, 0.0)))
+    # Nothing is admitted before the window ends: the next window starts empty.
+    return state, _decision(Decision, (False, limit, limit - spent if spent < limit else 0, reset, reset))
 
 
 def ceil_seconds(value: float) -> int:

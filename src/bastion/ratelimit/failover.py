@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from bastion.ratelimit.algorithms import Decision, RuleSpec
+from bastion.ratelimit.algorithms import Decision, FixedWindow, RuleSpec
 from bastion.ratelimit.store import MemoryCounterStore
 
 
@@ -49,3 +49,6 @@ class LocalFallback:
 
     def hit(self, key: str, rule: RuleSpec, cost: int, now: float) -> Decision:
         return self._store.hit_now(key, self.share(rule), cost, now)
+
+    def hit_fixed(self, key: str, window: FixedWindow, cost: int, now: float) -> Decision:
+        return self._store.hit_fixed_now(key, window.divided(self._nodes), cost, now)

@@ -75,3 +75,26 @@ local remaining = math.floor(limit - estimate + 1e-9)
 if remaining < 0 then remaining = 0 end
 return {0, remaining, math.ceil(reset), math.ceil(retry)}
 """
+
+# KEYS[1]: the units spent in one fixed window (a string; the caller's key names the window's start, so a new
+# window is a new key and an old one simply expires). ARGV: window_end_us (UNIX time), limit, cost.
+# The key outlives the window by 5 minutes, longer than any sane clock skew between nodes: a node whose clock
+# lags still counts into the old window instead of recreating it empty.
+FIXED_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window_end = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local spent = tonumber(redis.call('GET', KEYS[1])) or 0
+local reset = window_end - now
+if reset < 0 then reset = 0 end
+if spent + cost <= limit then
+  redis.call('INCRBY', KEYS[1], cost)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 300000)
+  return {1, limit - spent - cost, reset, 0}
+end
+local remaining = limit - spent
+if remaining < 0 then remaining = 0 end
+return {0, remaining, reset, reset}
+"""

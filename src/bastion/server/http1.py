@@ -340,6 +340,8 @@ class Exchange:
         conn = self._conn
         if conn.listener.draining or conn.requests_served + 1 >= conn.limits.max_requests_per_connection:
             self.close_after = True
+        if self.body_expected and not self.body_complete:
+            self.close_after = True  # answered before its body was read: the rest cannot be parsed as a request
         parts = [status_line(status)]
         for name, value in headers:
             parts.append(name + b": " + value + b"\r\n")
@@ -572,6 +574,11 @@ class HttpConnection(asyncio.Protocol):
         if self.requests_served > 0 or self._active is not None:
             # The idle timer ran until now; the head gets its own total deadline.
             self._set_timer(self.limits.head_timeout, self._on_head_timeout)
+        if self._active is not None and self.transport is not None and not self._read_paused_pipeline:
+            # A pipelined request while a response is pending: read no more than what already arrived
+            # (bounded memory). Until then reading goes on, so a client that goes away is noticed at once.
+            self._read_paused_pipeline = True
+            self.transport.pause_reading()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -639,10 +646,6 @@ class HttpConnection(asyncio.Protocol):
         if ex is None:
             return
         ex._finish_body()
-        if self._active is not None and self.transport is not None:
-            # Hold further pipelined requests until this response is out (bounded memory).
-            self._read_paused_pipeline = True
-            self.transport.pause_reading()
 
     # -- running exchanges -------------------------------------------------------------------------
     def _start(self, ex: Exchange) -> None:

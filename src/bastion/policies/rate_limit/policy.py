@@ -10,6 +10,11 @@ Counters live in `services.extras["counters"]` (a CounterStore shared by every p
 across reloads: memory on one node, Redis for several) or, without it, in a memory store of this instance.
 `services.extras["policy_site"]` names the declaration site, so that two sites with a same-named limit
 never share a counter; without it the site is a digest of the configuration.
+
+Outcomes worth counting are recorded with `ctx.record("rate-limit", <event>, <limit name>)` (the access
+log's `events` and `bastion_policy_events_total`): `exceeded` (refused), `shadow_refused` (shadow mode:
+would have been refused), and on a store failure `unavailable` (refused, 503), `unchecked` (admitted
+unchecked) or `local` (decided by this node's share).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from bastion.ratelimit.failover import UNAVAILABLE_RETRY_AFTER, FailureMode, Loc
 from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore
 
 log = logging.getLogger("bastion.ratelimit")
+
+POLICY = "rate-limit"
 
 _ceil = math.ceil
 _METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE")
@@ -171,10 +178,13 @@ class RateLimitPolicy(BasePolicy):
                     fallback = self._store_failed(ctx, exc, key, variant.rule, cost, now)
                     if fallback is None:
                         if self._failure_mode is FailureMode.CLOSED and not self._shadow:
+                            ctx.record(POLICY, "unavailable", limit.name)
                             return Reject(RATE_LIMIT_UNAVAILABLE, "Rate limits cannot be checked right now; "
                                           "retry shortly.", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
                                           log_reason=f"rate-limit store failed ({limit.name}): {exc}")
+                        ctx.record(POLICY, "unchecked", limit.name)
                         continue  # admitted unchecked: no state to report
+                    ctx.record(POLICY, "local", limit.name)
                     decision = fallback
             if decision.allowed:
                 state = f"{variant.item_prefix}{decision.remaining};t={_ceil(decision.reset_after)}"
@@ -186,6 +196,7 @@ class RateLimitPolicy(BasePolicy):
             if self._shadow:
                 self._shadowed(ctx, limit.name, now)
                 continue
+            ctx.record(POLICY, "exceeded", limit.name)
             headers = ctx.response_headers
             headers["RateLimit-Policy"] = policy_field
             headers["RateLimit"] = state_field
@@ -200,6 +211,7 @@ class RateLimitPolicy(BasePolicy):
 
     def _shadowed(self, ctx: RequestContext, name: str, now: float) -> None:
         ctx.scratch.setdefault("rate_limit_shadow", name)
+        ctx.record(POLICY, "shadow_refused", name)
         throttle = self._shadow_log
         if throttle.ready(now):
             log.info("rate limit %r would refuse a request (shadow mode; %d similar not logged)", name,
@@ -231,5 +243,5 @@ def _build(config: BaseModel, services: PolicyServices) -> BasePolicy:
     return RateLimitPolicy(config, services)
 
 
-POLICY_TYPE = PolicyType("rate-limit", Stage.LIMIT, RateLimitConfig, _build,
+POLICY_TYPE = PolicyType(POLICY, Stage.LIMIT, RateLimitConfig, _build,
                          "Limit request rates per client, consumer, credential or header (429 with Retry-After).")

@@ -1,0 +1,1 @@
+"""Sensitive business flows (OWASP API6): velocity limits per consumer, per client address and overall."""

@@ -1,0 +1,1 @@
+"""Concurrency limits: requests in flight per client address, consumer or credential."""

@@ -1,0 +1,1 @@
+"""JSON body limits: depth, array and string length, key count, strict parsing."""

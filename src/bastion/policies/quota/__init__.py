@@ -1,0 +1,1 @@
+"""Quotas per consumer or credential per calendar day or month (UTC)."""
