@@ -153,7 +153,7 @@ class Runtime:
             self._counters = MemoryCounterStore()
         self._services = PolicyServices(clock=time.monotonic, extras={
             "key_authenticator": self._identity.authenticator, "counters": self._counters,
-            "concurrency_slots": self._slots})
+            "concurrency_slots": self._slots, "wall_clock": time.time})
         compiled = self._compile()
         self._install(compiled)
         return compiled

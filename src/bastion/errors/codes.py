@@ -175,8 +175,9 @@ FLOW_CONSUMER_REQUIRED = ErrorCode(
 QUOTA_EXCEEDED = ErrorCode(
     "quota.exceeded", 429, "Quota exceeded",
     "The caller's quota for the current calendar period (a UTC day or month) is used up. `Retry-After` is "
-    "the number of seconds until the period ends and the quota starts again; `Quota-Limit`, "
-    "`Quota-Remaining` and `Quota-Reset` are sent on every response of a route with a quota.",
+    "the number of seconds until the period ends and the quota starts again. `Quota-Limit`, "
+    "`Quota-Remaining` and `Quota-Reset` are sent on every response to an identified caller on a route with "
+    "a quota (anonymous requests are not counted).",
 )
 
 # -- request validation --------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Recorded with `ctx.record("quota", <event>, <declaration site>)`: `exceeded` (re
 
 Anonymous requests are not counted and get no quota headers: a quota belongs to a consumer, and unidentified
 traffic is the rate limits' job (per address). Every request the quota admits counts, including one a later
-policy (a rate limit, validation) refuses or the upstream fails: the quota counts attempts, not successes.
+policy (validation) refuses or the upstream fails: the quota counts attempts, not successes. It runs last in
+the LIMIT stage (see the compiler), so requests refused by a rate limit, a flow or a concurrency cap do not.
 
 Headers, on every response of a counted request (refusals included):
 `Quota-Limit` (requests per period), `Quota-Remaining`, `Quota-Reset` (seconds until the period ends).
