@@ -1,4 +1,4 @@
-"""What the counting policies (`business-flow`, `quota`) share: the counter store they are given, the
+"""What the counting policies (`rate-limit`, `business-flow`, `quota`) share: the counter store they are given, the
 synchronous fast path over the memory store, and log lines an attack cannot multiply."""
 
 from __future__ import annotations

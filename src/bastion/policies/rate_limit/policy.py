@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from bastion.errors.codes import RATE_LIMIT_EXCEEDED, RATE_LIMIT_UNAVAILABLE
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
+from bastion.policies.counting import LogThrottle, counter_store, run_sync
 from bastion.policies.rate_limit.config import (
     READ_METHODS,
     LimitConfig,
@@ -40,7 +41,7 @@ from bastion.policies.rate_limit.config import (
 from bastion.policies.rate_limit.keys import KeyFunction, key_function
 from bastion.ratelimit.algorithms import Decision, RuleSpec
 from bastion.ratelimit.failover import UNAVAILABLE_RETRY_AFTER, FailureMode, LocalFallback
-from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore
+from bastion.ratelimit.store import CounterStoreError
 
 log = logging.getLogger("bastion.ratelimit")
 
@@ -48,7 +49,6 @@ POLICY = "rate-limit"
 
 _ceil = math.ceil
 _METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE")
-_LOG_INTERVAL = 1.0  # seconds between two log lines of one kind: an attack must not flood the log
 _UNITS = ((86400.0, "day"), (3600.0, "hour"), (60.0, "minute"), (1.0, "second"))
 
 
@@ -94,21 +94,6 @@ class _Limit:
                 self.plans[plan] = _Variant(config.name, rule)
 
 
-class _LogThrottle:
-    __slots__ = ("_next", "suppressed")
-
-    def __init__(self) -> None:
-        self._next = -math.inf
-        self.suppressed = 0
-
-    def ready(self, now: float) -> bool:
-        if now < self._next:
-            self.suppressed += 1
-            return False
-        self._next = now + _LOG_INTERVAL
-        return True
-
-
 class RateLimitPolicy(BasePolicy):
     name: ClassVar[str] = "rate-limit"
     stage: ClassVar[Stage] = Stage.LIMIT
@@ -116,12 +101,8 @@ class RateLimitPolicy(BasePolicy):
 
     def __init__(self, config: RateLimitConfig, services: PolicyServices) -> None:
         self._clock = services.clock
-        store = services.extras.get("counters")
-        if store is None:
-            store = MemoryCounterStore()
-        self._store: CounterStore = store
         # The memory store answers synchronously: calling it directly saves a coroutine per limit.
-        self._memory = store if isinstance(store, MemoryCounterStore) else None
+        self._store, self._memory = counter_store(services)
         self._shadow = config.mode is Mode.SHADOW
         self._failure_mode = config.on_store_failure
         self._fallback = LocalFallback(config.nodes) if config.on_store_failure is FailureMode.LOCAL else None
@@ -133,22 +114,15 @@ class RateLimitPolicy(BasePolicy):
         writes = tuple(x for x, c in zip(limits, config.limits, strict=True) if c.methods is not MethodClass.READ)
         self._by_method = {m: reads if m in READ_METHODS else writes for m in _METHODS}
         self._writes = writes  # any other method is a write
-        self._shadow_log = _LogThrottle()
-        self._failure_log = _LogThrottle()
+        self._shadow_log = LogThrottle()
+        self._failure_log = LogThrottle()
         self.store_failures = 0  # hits the store could not answer (each handled per on_store_failure)
 
     def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
         """In memory the decision never waits: run ``on_request`` to completion without a task."""
         if self._memory is None:
             return PENDING
-        coroutine = self.on_request(ctx)
-        try:
-            coroutine.send(None)
-        except StopIteration as stop:
-            result: Reject | None = stop.value
-            return result
-        coroutine.close()
-        raise RuntimeError("in-memory rate limiting unexpectedly waited")
+        return run_sync(self.on_request(ctx))
 
     async def on_request(self, ctx: RequestContext) -> Reject | None:
         method = ctx.method
