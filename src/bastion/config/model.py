@@ -279,6 +279,139 @@ class KeysConfig(Model):
                              "within 1 s when Redis is configured); this bounds staleness otherwise.")
 
 
+_JWS_ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+
+
+def _check_algorithms(value: list[str]) -> list[str]:
+    bad = [a for a in value if a not in _JWS_ASYMMETRIC]
+    if bad:
+        raise ValueError(f"unsupported or unsafe algorithms {bad}: use asymmetric ones "
+                         f"({', '.join(sorted(_JWS_ASYMMETRIC))}); `none` and shared-secret HS* are refused")
+    return value
+
+
+Algorithms = Annotated[list[str], Field(min_length=1), AfterValidator(_check_algorithms)]
+
+
+class JwksCacheConfig(Model):
+    default_ttl: float = Field(300.0, gt=0, description="Seconds a JWKS is kept when the response has no "
+                               "usable Cache-Control max-age.")
+    min_ttl: float = Field(60.0, gt=0, description="Lower bound on the Cache-Control lifetime.")
+    max_ttl: float = Field(86400.0, gt=0, description="Upper bound on the Cache-Control lifetime.")
+    refetch_interval: float = Field(30.0, gt=0, description="On a token with an unknown `kid`, the JWKS is "
+                                    "fetched again at most once per this many seconds (single-flight), so "
+                                    "random `kid`s cannot make the gateway hammer the identity provider.")
+    stale_for: float = Field(3600.0, ge=0, description="Seconds an expired JWKS is still used while the "
+                             "identity provider cannot be reached; after that, tokens are refused (fail closed).")
+    fetch_timeout: float = Field(5.0, gt=0, description="Seconds for one JWKS or discovery request.")
+
+
+class IntrospectionConfig(Model):
+    endpoint: str = Field(..., description="The IdP's RFC 7662 introspection endpoint (https, or http on "
+                          "loopback only).")
+    client_id: str = Field(..., description="Client id Bastion authenticates with (HTTP Basic).")
+    client_secret: SecretRef = Field(..., description="Its secret, as `env:NAME` or `file:PATH`.")
+    cache_ttl: float = Field(30.0, ge=0, le=300, description="Seconds an introspection answer is reused "
+                             "(never past the token's `exp`). This is the revocation latency for opaque "
+                             "tokens: a token revoked at the IdP keeps working on a node for at most this long.")
+    timeout: float = Field(5.0, gt=0, description="Seconds for one introspection request.")
+
+
+class ClaimMapping(Model):
+    subject: str = Field("sub", description="Claim holding the subject (user or client).")
+    client_id: list[str] = Field(default_factory=lambda: ["client_id", "azp", "cid"], description="Claims "
+                                 "tried in order for the OAuth client id (RFC 9068 `client_id`, OIDC `azp`, "
+                                 "Okta `cid`).")
+    roles: str | None = Field(None, description="Dotted path of a claim holding a list of roles, e.g. "
+                              "`realm_access.roles` (Keycloak) or `roles` (Entra). Forwarded, not trusted "
+                              "for permissions.")
+    consumer: str = Field("client_id", description="Which identity names the consumer for rate limits, "
+                          "quotas and logs: `client_id` (the application) or `subject`.")
+
+
+class TrustedIssuerConfig(Model):
+    name: Name = Field(..., description="Name used by the `oauth2` policy's `issuers` list and in logs.")
+    issuer: str = Field(..., description="The exact `iss` value tokens carry (compared byte for byte).")
+    audiences: list[str] = Field(..., min_length=1, description="Tokens must name at least one of these in "
+                                 "`aud`.")
+    algorithms: Algorithms = Field(..., description="Signature algorithms accepted (explicit allow-list, "
+                                   "asymmetric only). A key is only ever used with one algorithm.")
+    jwks_uri: str | None = Field(None, description="Where the signing keys are. When unset they are found "
+                                 "once through discovery (RFC 8414, then OpenID Connect), and the discovered "
+                                 "`issuer` must equal `issuer`.")
+    jwks_cache: JwksCacheConfig = Field(default_factory=JwksCacheConfig, description="JWKS caching and "
+                                        "refetch limits.")
+    leeway: float = Field(30.0, ge=0, le=300, description="Seconds of clock skew tolerated on `exp`, `nbf` "
+                          "and `iat`.")
+    require_typ: str | None = Field(None, description="Required JOSE `typ`, e.g. `at+jwt` for RFC 9068 "
+                                    "access tokens (`application/at+jwt` is the same). Unset: any typ but "
+                                    "those of other token kinds (an ID token is never an access token).")
+    max_token_bytes: int = Field(8192, ge=256, le=65536, description="Longer tokens are refused unread.")
+    claims: ClaimMapping = Field(default_factory=ClaimMapping, description="Which claims identify the caller.")
+    introspection: IntrospectionConfig | None = Field(None, description="Accept opaque (non-JWT) tokens by "
+                                                      "asking the IdP (RFC 7662).")
+
+
+class SigningConfig(Model):
+    algorithm: str = Field("ES256", pattern="^(ES256|ES384|RS256|PS256|EdDSA)$", description="Algorithm of "
+                           "the signing keys Bastion generates.")
+
+
+class TokenEndpointLimits(Model):
+    max_failures: int = Field(10, ge=1, description="Failed client authentications (or bad codes and refresh "
+                              "tokens) per client address within `window` before it is blocked.")
+    window: float = Field(60.0, gt=0, description="Seconds over which failures are counted.")
+    block: float = Field(300.0, gt=0, description="Seconds an address stays blocked.")
+
+
+class AuthorizationServerConfig(Model):
+    enabled: bool = Field(False, description="Serve the built-in OAuth 2.1 authorization server on the "
+                          "gateway's listeners (`/oauth2/*`, `/.well-known/oauth-authorization-server`).")
+    issuer: str | None = Field(None, description="The server's issuer URL, exactly as clients reach it, e.g. "
+                               "`https://api.example.com` (no trailing slash, no query). Required when enabled.")
+    audience: str = Field("bastion", description="`aud` of the access tokens it issues; routes accept it "
+                          "through the `oauth2` policy.")
+    access_token_ttl: int = Field(600, ge=30, le=86400, description="Seconds an access token lives.")
+    refresh_token_ttl: int = Field(2592000, ge=60, description="Seconds a refresh-token family lives from its "
+                                   "first grant (rotation does not extend it).")
+    authorization_code_ttl: int = Field(60, ge=10, le=600, description="Seconds an authorization code may "
+                                        "be redeemed (once).")
+    signing: SigningConfig = Field(default_factory=SigningConfig, description="Token signing keys.")
+    token_endpoint_limits: TokenEndpointLimits = Field(default_factory=TokenEndpointLimits,
+                                                       description="Brute-force brake on the token, "
+                                                       "revocation and introspection endpoints.")
+    user_authentication: str | None = Field(None, description="`module:attribute` of the sign-in step the "
+                                            "authorization endpoint runs (the passkey sign-in plugs in here). "
+                                            "Unset: the authorization-code grant answers "
+                                            "`temporarily_unavailable`.")
+
+    @model_validator(mode="after")
+    def _issuer_when_enabled(self) -> AuthorizationServerConfig:
+        if self.enabled and not self.issuer:
+            raise ValueError("oauth.server.issuer is required when the authorization server is enabled")
+        if self.issuer and (self.issuer.endswith("/") or "?" in self.issuer or "#" in self.issuer
+                            or not self.issuer.startswith(("https://", "http://"))):
+            raise ValueError("oauth.server.issuer must be an http(s) URL without trailing slash, query or "
+                             "fragment")
+        return self
+
+
+class OAuthConfig(Model):
+    issuers: list[TrustedIssuerConfig] = Field(default_factory=list, description="External identity providers "
+                                               "whose access tokens the `oauth2` policy accepts.")
+    server: AuthorizationServerConfig = Field(default_factory=AuthorizationServerConfig,
+                                              description="The built-in authorization server.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> OAuthConfig:
+        names = [i.name for i in self.issuers]
+        if len(set(names)) != len(names):
+            raise ValueError("oauth.issuers names must be unique")
+        if "bastion" in names:
+            raise ValueError("the issuer name 'bastion' is reserved for the built-in authorization server")
+        return self
+
+
 def _check_url_or_ref(value: str) -> str:
     if value.startswith(("env:", "file:")):
         return _check_secret_ref(value)
@@ -302,6 +435,8 @@ class GatewayConfig(Model):
     redis: UrlOrRef | None = Field(None, description="Redis for several nodes: shared rate-limit counters and "
                                    "the revocation broadcast, e.g. `redis://127.0.0.1:6379/0`.")
     keys: KeysConfig = Field(default_factory=KeysConfig, description="API keys: pepper, lifetimes, rotation.")
+    oauth: OAuthConfig = Field(default_factory=OAuthConfig, description="OAuth 2: trusted identity providers "
+                               "and the built-in authorization server.")
 
     # Cross-references (an API's upstream, unique API names) are checked by the compiler, which can point
     # at the exact key and line; a model validator could only blame the whole document.
