@@ -23,6 +23,7 @@ from bastion.config.loader import (
 )
 from bastion.config.model import ApiConfig, GatewayConfig, PolicyMap, RouteSettings, UpstreamConfig
 from bastion.config.openapi import Operation, OperationSecurity, load_operations
+from bastion.pipeline.alternatives import FirstRecognized
 from bastion.pipeline.compiled import CompiledConfig, CompiledRoute
 from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType, Stage
 from bastion.policies.authorize.policy import AuthorizeConfig, AuthorizePolicy
@@ -92,6 +93,11 @@ def _chain(*levels: Mapping[str, BasePolicy | None],
         merged[authorize.name] = authorize
     policies = sorted((p for p in merged.values() if p is not None),
                       key=lambda p: (p.stage, _WITHIN_STAGE.get(p.name, len(_WITHIN_STAGE)), p.name))
+    authenticators = tuple(p for p in policies if p.stage is Stage.AUTHENTICATE and p.has_request_hook)
+    if len(authenticators) > 1:
+        first = policies.index(authenticators[0])
+        policies = [p for p in policies if p not in authenticators]
+        policies.insert(first, FirstRecognized(authenticators))
     request = tuple(p for p in policies if p.has_request_hook)
     response = tuple(p for p in reversed(policies) if p.has_response_hook)
     return request, response

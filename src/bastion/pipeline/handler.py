@@ -92,6 +92,15 @@ class GatewayHandler:
         if isinstance(match, Match):
             ex.max_body_bytes = match.target.max_body_bytes
 
+    def current_config(self) -> CompiledConfig:
+        return self._holder.current
+
+    def resolve_client(self, ex: Exchange) -> None:
+        """The client address through the trusted proxies, for requests served by a mounted application."""
+        config = self._holder.current
+        if config.trusted_proxies:
+            self._apply_trusted_proxies(ex, config)
+
     def try_fast(self, ex: Exchange) -> bool:
         """Serve the request from the parser callback when nothing has to wait: every policy decides
         synchronously and an idle pooled upstream connection is at hand. A task per request costs more

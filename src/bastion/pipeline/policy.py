@@ -95,6 +95,11 @@ class BasePolicy:
     def on_response(self, ctx: RequestContext, response: ResponseHead) -> None:
         return None
 
+    def recognizes(self, ctx: RequestContext) -> bool:
+        """AUTHENTICATE policies: whether the request presents a credential of this policy's kind. When a
+        route has several authentication policies, the first that recognizes the request decides alone."""
+        return True
+
 
 PolicyFactory = Callable[[BaseModel, PolicyServices], BasePolicy]
 

@@ -84,6 +84,13 @@ class KeyAuthPolicy(BasePolicy):
                 return value.decode("latin-1").strip()
         return None
 
+    def recognizes(self, ctx: RequestContext) -> bool:
+        """An API key: the key header, or a bearer credential in the key format (`bst_...`)."""
+        presented = self._presented(ctx)
+        if presented is None:
+            return False
+        return presented.startswith("bst_") or ctx.headers.get(self._header) is not None
+
     def _before_lookup(self, ctx: RequestContext, now: float) -> Reject | str:
         """Refusals that need no lookup, or the presented credential."""
         if self._blocked:
