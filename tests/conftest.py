@@ -22,9 +22,9 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
     counter = [0]
 
-    def factory(config: dict[str, Any], *, expect_start: bool = True) -> Gateway:
+    def factory(config: dict[str, Any], *, expect_start: bool = True, **kwargs: Any) -> Gateway:
         counter[0] += 1
-        gateway = start_gateway(config, tmp_path / f"gw{counter[0]}", expect_start=expect_start)
+        gateway = start_gateway(config, tmp_path / f"gw{counter[0]}", expect_start=expect_start, **kwargs)
         started.append(gateway)
         return gateway
 

@@ -10,7 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,15 +196,21 @@ def base_config(upstream_url: str, *, tls: bool = False) -> dict[str, Any]:
     }
 
 
-def start_gateway(config: dict[str, Any], workdir: Path, *, expect_start: bool = True) -> Gateway:
+def start_gateway(config: dict[str, Any], workdir: Path, *, expect_start: bool = True,
+                  with_ports: Callable[[dict[str, Any], dict[str, int]], dict[str, Any]] | None = None,
+                  extra_env: dict[str, str] | None = None) -> Gateway:
+    """``with_ports`` completes the configuration once the listener ports are known (e.g. an issuer URL)."""
     workdir.mkdir(parents=True, exist_ok=True)
     tls = bool(config.get("server", {}).get("https", {}).get("enabled", True))
     names = ["http", "admin"] + (["https"] if tls else [])
     sockets = {name: bind_socket() for name in names}
     ports = {name: port_of(sock) for name, sock in sockets.items()}
+    if with_ports is not None:
+        config = with_ports(config, ports)
     config_path = workdir / "bastion.yaml"
     log_path = workdir / "gateway.log"
     env = dict(os.environ)
+    env.update(extra_env or {})
     env["BASTION_LISTEN_FDS"] = ",".join(f"{name}={sock.fileno()}" for name, sock in sockets.items())
     env.setdefault("PYTHONUNBUFFERED", "1")
     gateway = Gateway(
