@@ -5,6 +5,8 @@ PYTHON ?= $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_CONFORMANCE := tests/conformance/node
+NODE_STAMP := $(NODE_CONFORMANCE)/node_modules/.installed
 
 .PHONY: demo test lint typecheck unit e2e security bench install clean docs
 
@@ -14,12 +16,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# openid-client, the independent OAuth client of the conformance tests (npm; skipped without node).
+$(NODE_STAMP): $(NODE_CONFORMANCE)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix $(NODE_CONFORMANCE) --no-audit --no-fund --silent && touch $(NODE_STAMP); \
+	else echo "npm not found: the openid-client conformance tests will be skipped"; fi
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/bastion demo
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -n 2 tests
@@ -37,4 +45,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .bastion .bastion-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_CONFORMANCE)/node_modules .bastion .bastion-demo .pytest_cache .mypy_cache .ruff_cache

@@ -153,6 +153,58 @@ def provision_key(ctx: TargetContext) -> None:
     ctx.extras["api_key"] = asyncio.run(create())
 
 
+BENCH_ISSUER = "http://bastion.bench"  # only compared with the token's `iss`: never contacted
+
+
+def render_jwt_scopes(ctx: TargetContext) -> dict[str, Any]:
+    """Access token from the built-in authorization server (ES256, verified once, then cached) + the route's
+    required scope."""
+    config = bastion_base(ctx, access_log=False)
+    config["oauth"] = {"server": {"enabled": True, "issuer": BENCH_ISSUER, "access_token_ttl": 3600}}
+    api = config["apis"][0]
+    api["public"] = False
+    api["permissions"] = ["items:read"]
+    api["policies"] = {"oauth2": {}}
+    return config
+
+
+def provision_token(ctx: TargetContext) -> None:
+    """A client-credentials access token, issued by the product's own token code from the store the gateway
+    will open (same signing keys), as the token endpoint would issue it."""
+    import asyncio
+
+    from bastion.config.model import GatewayConfig
+    from bastion.identity.service import IdentityService, identity_settings
+    from bastion.oauth.server.keys import SigningKeys
+    from bastion.oauth.server.store import ClientKind, OAuthStore
+    from bastion.oauth.server.tokens import AccessTokens
+    from bastion.storage.audit import AuditActor
+
+    async def create() -> str:
+        config = GatewayConfig.model_validate(render_jwt_scopes(ctx))
+        server = config.oauth.server
+        service = IdentityService(identity_settings(config, ctx.workdir))
+        actor = AuditActor("bench")
+        try:
+            await service.prepare()
+            store = OAuthStore(service.store.engine, service.hasher)
+            await service.store.put_role("reader", ["items:read"], actor=actor)
+            consumer = await service.store.create_consumer("bench", actor=actor, roles=["reader"])
+            client, _ = await store.create_client(consumer_id=consumer.id, name="bench",
+                                                  kind=ClientKind.CONFIDENTIAL, grant_types=["client_credentials"],
+                                                  scopes=["items:read"], redirect_uris=[], actor=actor)
+            keys = SigningKeys(store, service.settings.pepper, server.signing.algorithm)
+            await keys.ensure()
+            await keys.load()
+            issued = await AccessTokens(store, keys, lambda: server).issue(
+                client, subject=client.client_id, scopes=["items:read"], family_id=None)
+            return issued.token
+        finally:
+            await service.close()
+
+    ctx.extras["access_token"] = asyncio.run(create())
+
+
 def render_ratelimit(ctx: TargetContext, *, redis: bool) -> dict[str, Any]:
     """A per-client-address limit that the load never reaches: the cost of counting, not of refusing."""
     config = bastion_base(ctx, access_log=False)
@@ -175,6 +227,11 @@ TARGETS: list[TargetSpec] = [
     TargetSpec("bastion-apikey-rbac", "bastion", "Bastion + API key (cached) + RBAC (route needs items:read)",
                render=render_apikey_rbac, prepare=provision_key,
                headers=lambda ctx: {"Authorization": f"Bearer {ctx.extras['api_key']}"},
+               bars=(Bar("rps", 0.85, reference="bastion-passthrough"),)),
+    TargetSpec("bastion-jwt-scopes", "bastion", "Bastion + OAuth access token (ES256 JWT, cached after the "
+               "first request) + scopes (route needs items:read)",
+               render=render_jwt_scopes, prepare=provision_token,
+               headers=lambda ctx: {"Authorization": f"Bearer {ctx.extras['access_token']}"},
                bars=(Bar("rps", 0.85, reference="bastion-passthrough"),)),
     TargetSpec("bastion-ratelimit-memory", "bastion", "Bastion + rate limit per client address, in memory",
                render=lambda ctx: render_ratelimit(ctx, redis=False),

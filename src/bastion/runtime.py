@@ -11,18 +11,22 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from bastion.admin.app import AdminServices, ReloadResult, create_admin_app
-from bastion.config.loader import ConfigError, load_config
+from bastion.admin.services import OAuthAdmin
+from bastion.config.loader import ConfigError, ConfigIssue, load_config
 from bastion.config.model import GatewayConfig, Limits, UpstreamConfig
 from bastion.identity.service import IdentityService, identity_settings
+from bastion.oauth.components import OAuthComponents
 from bastion.observability.access_log import AccessLog
 from bastion.observability.metrics import GatewayMetrics
 from bastion.pipeline.compiled import CompiledConfig
 from bastion.pipeline.compiler import load_and_compile
 from bastion.pipeline.handler import GatewayHandler
+from bastion.pipeline.mount import MountingHandler
 from bastion.pipeline.policy import PolicyServices
 from bastion.policies import builtin_policy_types
 from bastion.policies.concurrency.policy import SlotTables
@@ -103,6 +107,7 @@ class Runtime:
         self._identity: IdentityService | None = None
         self._identity_source: tuple[object, ...] = ()
         self._counters: CounterStore | None = None
+        self._oauth: OAuthComponents | None = None
         self._slots = SlotTables()  # in-flight counts survive reloads, like the counters
         self.started_at = time.time()
 
@@ -119,8 +124,14 @@ class Runtime:
         return UpstreamCluster(name, config, self.loop)
 
     def _compile(self) -> CompiledConfig:
-        return load_and_compile(self.config_path, generation=self._generation + 1, registry=self._policy_types,
-                                services=self._services, clusters=self._cluster_for)
+        compiled = load_and_compile(self.config_path, generation=self._generation + 1,
+                                    registry=self._policy_types, services=self._services,
+                                    clusters=self._cluster_for)
+        shadowed = self._oauth.shadowed([r.template for r in compiled.routes]) if self._oauth else []
+        if shadowed:
+            raise ConfigError([ConfigIssue(str(self.config_path), None, "apis", f"route {t!r} is hidden by the "
+                                           "built-in authorization server's endpoints") for t in shadowed])
+        return compiled
 
     def _install(self, compiled: CompiledConfig) -> None:
         old_clusters = self._clusters
@@ -151,9 +162,15 @@ class Runtime:
             self._counters = RedisCounterStore(redis_url)
         else:
             self._counters = MemoryCounterStore()
+        self._oauth = OAuthComponents(self._identity, self._counters, self._docs_base, self.config_path.parent)
+        try:
+            await self._oauth.open(config)
+        except BaseException:
+            await self._oauth.close()
+            raise
         self._services = PolicyServices(clock=time.monotonic, extras={
             "key_authenticator": self._identity.authenticator, "counters": self._counters,
-            "concurrency_slots": self._slots, "wall_clock": time.time})
+            "concurrency_slots": self._slots, "wall_clock": time.time, **self._oauth.extras()})
         compiled = self._compile()
         self._install(compiled)
         return compiled
@@ -164,10 +181,22 @@ class Runtime:
             raise RuntimeError("the identity service is not open yet")
         return self._identity
 
+    @property
+    def oauth(self) -> OAuthComponents:
+        if self._oauth is None:
+            raise RuntimeError("the OAuth components are not open yet")
+        return self._oauth
+
     async def reload(self) -> ReloadResult:
         async with self._reload_lock:
             try:
-                compiled = self._compile()
+                config, _ = load_config(self.config_path)
+                await self.oauth.reconfigure(config)  # issuers first: the new policies may name new ones
+                try:
+                    compiled = self._compile()
+                except ConfigError:
+                    await self.oauth.reconfigure(self.current.config)
+                    raise
             except ConfigError as exc:
                 self.metrics.reloads.labels("rejected").inc()
                 for issue in exc.issues:
@@ -265,13 +294,19 @@ class Runtime:
                 path = str(self.config_path.parent / path)
             self._access_log = AccessLog(path, self.loop)
         gateway = GatewayHandler(self, self.metrics, self._access_log)
-        plain_handler: Handler = gateway
+        data_handler: Handler = gateway
+        mounts = self.oauth.mounts((server.https.host if server.https.enabled else server.http.host,
+                                    server.https.port if server.https.enabled else server.http.port),
+                                   gateway.finished)
+        if mounts:
+            data_handler = MountingHandler(gateway, mounts)
+        plain_handler: Handler = data_handler
         if server.https.enabled:
             files = self._certificate_files(config)
             assert files is not None
             self._tls_context = build_server_context(*files)
             self._tls_files = files
-            await self._listen("https", gateway, server.https.host, server.https.port, sockets, tls=True)
+            await self._listen("https", data_handler, server.https.host, server.https.port, sockets, tls=True)
             if server.http.enabled:
                 redirect_port = server.http.redirect_port or self._listening["https"].sock.getsockname()[1]
                 plain_handler = RedirectHandler(lambda: redirect_port, self._finished_quietly)
@@ -282,7 +317,7 @@ class Runtime:
             await self._listen("http", plain_handler, server.http.host, server.http.port, sockets, tls=False)
         if server.admin.enabled:
             admin_app = create_admin_app(AdminServices(self.metrics, self.reload, self.status, self._docs_base,
-                                                       self._identity))
+                                                       self._identity, self._oauth_admin()))
             admin_handler = AsgiHandler(admin_app, max_body_bytes=1024 * 1024,
                                         server=(server.admin.host, server.admin.port),
                                         finished=self._finished_quietly)
@@ -292,6 +327,15 @@ class Runtime:
         ports = {name: item.sock.getsockname()[1] for name, item in self._listening.items()}
         log.warning("bastion started: generation %d, %d routes, listeners %s", self._generation,
                     len(self.current.routes), ports)
+
+    def _oauth_admin(self) -> OAuthAdmin:
+        oauth = self.oauth
+
+        def access_token_ttl() -> timedelta:
+            return timedelta(seconds=self.current.config.oauth.server.access_token_ttl)
+
+        return OAuthAdmin(store=oauth.store, revocations=oauth.revocations, signing_keys=oauth.keys,
+                          access_token_ttl=access_token_ttl)
 
     async def _listen(self, name: str, handler: Handler, host: str, port: int,
                       sockets: dict[str, socket.socket], *, tls: bool) -> None:
@@ -336,6 +380,8 @@ class Runtime:
             cluster.close()
         if self._access_log is not None:
             self._access_log.close()
+        if self._oauth is not None:
+            await self._oauth.close()
         if self._identity is not None:
             await self._identity.close()
         if self._counters is not None:
@@ -357,6 +403,7 @@ async def run_gateway(config_path: str | os.PathLike[str]) -> None:
     await runtime.load_initial()
     await runtime.start(inherited_sockets())
     runtime.identity.start()
+    runtime.oauth.start()
     tune_garbage_collector()
     runtime.install_signal_handlers()
     await runtime.wait_stopped()

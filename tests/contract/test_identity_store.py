@@ -156,7 +156,8 @@ async def _truncate(url: str) -> None:
     engine = create_engine(url)
     try:
         async with engine.begin() as connection:
-            await connection.execute(text(f"TRUNCATE {', '.join(TABLES)}"))
+            # CASCADE: later migrations add tables referencing these (e.g. oauth_clients -> consumers).
+            await connection.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
     finally:
         await engine.dispose()
 
@@ -195,7 +196,7 @@ def test_migrations_run_from_empty_and_are_idempotent(kind: str, tmp_path: Path)
         assert asyncio.run(current_revision(url)) is None
         asyncio.run(migrate(url))
         asyncio.run(migrate(url))  # a second run is a no-op
-        assert asyncio.run(current_revision(url)) == head_revision() == "0001"
+        assert asyncio.run(current_revision(url)) == head_revision() == "0002"
 
         async def inspect_schema() -> tuple[set[str], list[Any]]:
             engine = create_engine(url)
@@ -223,7 +224,7 @@ def test_concurrent_migrations(tmp_path: Path) -> None:
 
     url = f"sqlite:///{tmp_path / 'race.db'}"
     asyncio.run(main(url))
-    assert asyncio.run(current_revision(url)) == "0001"
+    assert asyncio.run(current_revision(url)) == head_revision()
 
 
 # -- consumers and roles -----------------------------------------------------------------------------------

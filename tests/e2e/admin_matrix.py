@@ -11,8 +11,12 @@ Callers:
   admin     ... admin role `admin`
 
 Path parameters are filled with resources created fresh for every cell: ``{consumer}`` a consumer without
-an admin role, ``{name}`` a role nobody holds, ``{key_id}`` a read key of that consumer. In bodies, ``{u}``
-is a unique token and ``{consumer}`` that consumer's id.
+an admin role, ``{name}`` a role nobody holds, ``{key_id}`` a read key of that consumer, ``{client_id}`` a
+confidential OAuth client of that consumer. In bodies, ``{u}`` is a unique token and ``{consumer}`` that
+consumer's id.
+
+The OAuth rows (``OAUTH_ROWS``) need the built-in authorization server; ``test_oauth_admin.py`` walks them
+against a gateway that runs it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,20 @@ MATRIX: Final[tuple[Row, ...]] = (
     Row("GET",    f"{V1}/keys/{{key_id}}",               401, 401,   401,  200,     200,    200),
     Row("POST",   f"{V1}/keys/{{key_id}}/rotate",        401, 401,   401,  201,     403,    201),
     Row("POST",   f"{V1}/keys/{{key_id}}/revoke",        401, 401,   401,  200,     403,    200),
+    Row("GET",    f"{V1}/oauth/clients",                 401, 401,   401,  200,     200,    200),
+    Row("POST",   f"{V1}/oauth/clients",                 401, 401,   401,  201,     403,    201,
+        body={"consumer": "{consumer}", "name": "matrix-{u}", "kind": "confidential",
+              "grant_types": ["client_credentials"]}),
+    Row("GET",    f"{V1}/oauth/clients/{{client_id}}",   401, 401,   401,  200,     200,    200),
+    Row("PATCH",  f"{V1}/oauth/clients/{{client_id}}",   401, 401,   401,  200,     403,    200,
+        body={"name": "renamed-{u}"}),
+    Row("POST",   f"{V1}/oauth/clients/{{client_id}}/rotate-secret",
+                                                         401, 401,   401,  200,     403,    200),
+    Row("DELETE", f"{V1}/oauth/clients/{{client_id}}",   401, 401,   401,  204,     403,    204),
+    Row("GET",    f"{V1}/oauth/signing-keys",            401, 401,   401,  200,     200,    200),
+    Row("POST",   f"{V1}/oauth/signing-keys/rotate",     401, 401,   401,  200,     403,    200),
     Row("GET",    f"{V1}/audit",                         401, 401,   401,  403,     200,    200),
     Row("GET",    f"{V1}/audit/verify",                  401, 401,   401,  403,     200,    200),
 )
+
+OAUTH_ROWS: Final[tuple[Row, ...]] = tuple(row for row in MATRIX if row.path.startswith(f"{V1}/oauth/"))

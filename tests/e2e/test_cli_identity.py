@@ -324,8 +324,8 @@ def test_postgresql_store_migrate_then_verbs(tmp_path: Path) -> None:
         not_migrated = cli.run("consumers", "list", expect=1)
         assert "bastion migrate" in not_migrated.stderr
         migrated = cli.run("migrate")
-        assert "revision 0001" in migrated.stdout
-        assert cli.json("migrate") == {"revision": "0001", "head": "0001"}  # a second run changes nothing
+        assert "revision 0002" in migrated.stdout
+        assert cli.json("migrate") == {"revision": "0002", "head": "0002"}  # a second run changes nothing
         admin = cli.json("init")["consumer"]
         cli.json("roles", "put", "reader", "--permission", "orders:read")
         erin = cli.json("consumers", "create", "erin", "--role", "reader")

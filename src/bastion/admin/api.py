@@ -8,12 +8,10 @@ permission check made before the handler runs, and ``/admin/v1/openapi.json`` ar
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import cache
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
@@ -24,19 +22,29 @@ from starlette.routing import Route
 
 from bastion import __version__
 from bastion.admin import schemas
-from bastion.admin.authn import Permission, audit_actor, authenticate, is_admin, roles_with
+from bastion.admin.authn import Permission, authenticate, is_admin, roles_with
+from bastion.admin.calls import (
+    JSON,
+    MAX_PAGE,
+    NO_STORE,
+    PREFIX,
+    AdminRoute,
+    Call,
+    M,
+    QueryParam,
+    consumer_by_ref,
+    guard_admin_consumer,
+    json_response,
+    now,
+)
+from bastion.admin.oauth_api import OAUTH_ROUTES, oauth_error_responses
 from bastion.admin.problems import AdminProblem, problem
 from bastion.admin.services import AdminServices
 from bastion.errors import codes
-from bastion.identity.principal import Principal
-from bastion.identity.service import IdentityService
 from bastion.storage.identity_store import (
     UNSET,
     ApiKeyRecord,
-    AuditActor,
     Conflict,
-    Consumer,
-    IdentityStore,
     InvalidRequest,
     NotFound,
     StoreUnavailable,
@@ -44,111 +52,21 @@ from bastion.storage.identity_store import (
 
 log = logging.getLogger("bastion.admin")
 
-PREFIX: Final = "/admin/v1"
-_JSON: Final = "application/json"
+__all__ = ["PREFIX", "ROUTES", "AdminRoute", "Call", "QueryParam", "openapi_document", "starlette_routes"]
+
 _PROBLEM: Final = "application/problem+json"
-_NO_STORE: Final = {"cache-control": "no-store"}
-_MAX_PAGE = 1000
-_PATH_PARAM = re.compile(r"\{(\w+)\}")
-
-M = TypeVar("M", bound=BaseModel)
-Handler = Callable[["Call"], Awaitable[Response]]
-
-
-@dataclass(frozen=True, slots=True)
-class QueryParam:
-    name: str
-    description: str
-    kind: Literal["string", "integer"] = "string"
-    minimum: int | None = None
-    maximum: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AdminRoute:
-    """One endpoint. ``permission`` None means public (probes, metrics, the API description)."""
-
-    method: str
-    path: str
-    operation_id: str
-    summary: str
-    tag: str
-    permission: Permission | None
-    handler: Handler
-    status: int = 200
-    request_model: type[schemas.RequestModel] | None = None
-    response_model: type[BaseModel] | None = None
-    query: tuple[QueryParam, ...] = ()
-    media_type: str = _JSON
-
-    @property
-    def path_params(self) -> list[str]:
-        return _PATH_PARAM.findall(self.path)
-
-
-@dataclass(slots=True)
-class Call:
-    """What a handler gets: the request, the runtime's services, the caller and the validated body."""
-
-    request: Request
-    services: AdminServices
-    principal: Principal | None
-    body: schemas.RequestModel | None
-
-    @property
-    def identity(self) -> IdentityService:
-        if self.services.identity is None:
-            raise AdminProblem(codes.ADMIN_STORE_UNAVAILABLE, headers={"retry-after": "1"})
-        return self.services.identity
-
-    @property
-    def store(self) -> IdentityStore:
-        return self.identity.store
-
-    @property
-    def caller(self) -> Principal:
-        assert self.principal is not None, "authenticated routes only"
-        return self.principal
-
-    def actor(self) -> AuditActor:
-        return audit_actor(self.caller, self.request)
-
-    def param(self, name: str) -> str:
-        return str(self.request.path_params[name])
-
-    def body_as(self, model: type[M]) -> M:
-        assert isinstance(self.body, model), "the route table declares this model"
-        return self.body
-
-    def int_query(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        raw = self.request.query_params.get(name)
-        if raw is None:
-            return default
-        if not re.fullmatch(r"[0-9]{1,12}", raw) or not minimum <= int(raw) <= maximum:
-            message = f"must be an integer from {minimum} to {maximum}"
-            raise AdminProblem(codes.ADMIN_INVALID_REQUEST, f"Query parameter {name!r} {message}.",
-                               extra={"errors": [{"field": f"query.{name}", "message": message}]})
-        return int(raw)
-
-
-def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(model.model_dump_json(), status_code=status, media_type=_JSON, headers=headers)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- operations ----------------------------------------------------------------------------------------------
 
 
 async def healthz(call: Call) -> Response:
-    return JSONResponse({"status": "ok"}, headers=_NO_STORE)
+    return JSONResponse({"status": "ok"}, headers=NO_STORE)
 
 
 async def readyz(call: Call) -> Response:
     status = call.services.status()
-    return JSONResponse(status, status_code=200 if status.get("ready") else 503, headers=_NO_STORE)
+    return JSONResponse(status, status_code=200 if status.get("ready") else 503, headers=NO_STORE)
 
 
 async def metrics(call: Call) -> Response:
@@ -167,25 +85,10 @@ async def reload(call: Call) -> Response:
         raise AdminProblem(codes.CONFIG_INVALID,
                            f"{len(result.issues)} problem(s) in the new configuration; still serving "
                            f"generation {result.generation}.", extra={"errors": result.issues})
-    return _json(schemas.ReloadOut(status="reloaded", generation=result.generation))
+    return json_response(schemas.ReloadOut(status="reloaded", generation=result.generation))
 
 
 # -- consumers -----------------------------------------------------------------------------------------------
-
-
-async def _consumer(call: Call, ref: str) -> Consumer:
-    """By id, else by name: both are unique, and ids are UUIDs that names rarely look like."""
-    consumer = await call.store.get_consumer(ref) or await call.store.get_consumer_by_name(ref)
-    if consumer is None:
-        raise NotFound("no such consumer")
-    return consumer
-
-
-def _guard_admin_consumer(call: Call, consumer: Consumer) -> None:
-    # Without this an operator could mint a key for an admin consumer, or make itself admin.
-    if consumer.admin_role is not None and not is_admin(call.caller):
-        raise AdminProblem(codes.AUTHZ_PERMISSION_DENIED,
-                           "Consumers that hold an admin role, and their keys, are managed by admins only.")
 
 
 def _guard_grant(call: Call, admin_role: str | None) -> None:
@@ -194,10 +97,10 @@ def _guard_grant(call: Call, admin_role: str | None) -> None:
 
 
 async def list_consumers(call: Call) -> Response:
-    limit = call.int_query("limit", 100, 1, _MAX_PAGE)
+    limit = call.int_query("limit", 100, 1, MAX_PAGE)
     items = await call.store.list_consumers(after_name=call.request.query_params.get("after"), limit=limit)
     cursor = items[-1].name if len(items) == limit else None
-    return _json(schemas.ConsumerPage(items=[schemas.ConsumerOut.of(c) for c in items], next=cursor))
+    return json_response(schemas.ConsumerPage(items=[schemas.ConsumerOut.of(c) for c in items], next=cursor))
 
 
 async def create_consumer(call: Call) -> Response:
@@ -207,17 +110,17 @@ async def create_consumer(call: Call) -> Response:
         body.name, actor=call.actor(), roles=body.roles, admin_role=body.admin_role, status=body.status,
         metadata=body.metadata, allowed_cidrs=body.allowed_cidrs, plan=body.plan)
     await call.identity.announce_change(None)
-    return _json(schemas.ConsumerOut.of(consumer), 201, {"location": f"{PREFIX}/consumers/{consumer.id}"})
+    return json_response(schemas.ConsumerOut.of(consumer), 201, {"location": f"{PREFIX}/consumers/{consumer.id}"})
 
 
 async def get_consumer(call: Call) -> Response:
-    return _json(schemas.ConsumerOut.of(await _consumer(call, call.param("consumer"))))
+    return json_response(schemas.ConsumerOut.of(await consumer_by_ref(call, call.param("consumer"))))
 
 
 async def update_consumer(call: Call) -> Response:
     body = call.body_as(schemas.ConsumerUpdate)
-    consumer = await _consumer(call, call.param("consumer"))
-    _guard_admin_consumer(call, consumer)
+    consumer = await consumer_by_ref(call, call.param("consumer"))
+    guard_admin_consumer(call, consumer)
     sent = body.model_fields_set
 
     def given(field: str) -> Any:
@@ -230,12 +133,12 @@ async def update_consumer(call: Call) -> Response:
         admin_role=given("admin_role"), metadata=given("metadata"), allowed_cidrs=given("allowed_cidrs"),
         plan=given("plan"))
     await call.identity.announce_change(None)  # status, roles and CIDRs are cached with each of its keys
-    return _json(schemas.ConsumerOut.of(updated))
+    return json_response(schemas.ConsumerOut.of(updated))
 
 
 async def delete_consumer(call: Call) -> Response:
-    consumer = await _consumer(call, call.param("consumer"))
-    _guard_admin_consumer(call, consumer)
+    consumer = await consumer_by_ref(call, call.param("consumer"))
+    guard_admin_consumer(call, consumer)
     await call.store.delete_consumer(consumer.id, actor=call.actor())
     await call.identity.announce_change(None)
     return Response(status_code=204)
@@ -246,14 +149,14 @@ async def delete_consumer(call: Call) -> Response:
 
 async def list_roles(call: Call) -> Response:
     roles = await call.store.list_roles()
-    return _json(schemas.RoleList(items=[schemas.RoleOut.of(r) for r in roles]))
+    return json_response(schemas.RoleList(items=[schemas.RoleOut.of(r) for r in roles]))
 
 
 async def get_role(call: Call) -> Response:
     role = await call.store.get_role(call.param("name"))
     if role is None:
         raise NotFound("no such role")
-    return _json(schemas.RoleOut.of(role))
+    return json_response(schemas.RoleOut.of(role))
 
 
 async def put_role(call: Call) -> Response:
@@ -261,7 +164,7 @@ async def put_role(call: Call) -> Response:
     role = await call.store.put_role(call.param("name"), body.permissions, actor=call.actor(),
                                      description=body.description)
     await call.identity.announce_change(None)  # permissions are cached with every key of its holders
-    return _json(schemas.RoleOut.of(role))
+    return json_response(schemas.RoleOut.of(role))
 
 
 async def delete_role(call: Call) -> Response:
@@ -283,37 +186,37 @@ async def _key(call: Call) -> ApiKeyRecord:
 async def _guard_key_owner(call: Call, key: ApiKeyRecord) -> None:
     consumer = await call.store.get_consumer(key.consumer_id)
     if consumer is not None:
-        _guard_admin_consumer(call, consumer)
+        guard_admin_consumer(call, consumer)
 
 
 async def list_keys(call: Call) -> Response:
-    limit = call.int_query("limit", _MAX_PAGE, 1, _MAX_PAGE)
+    limit = call.int_query("limit", MAX_PAGE, 1, MAX_PAGE)
     ref = call.request.query_params.get("consumer")
-    consumer_id = None if ref is None else (await _consumer(call, ref)).id
+    consumer_id = None if ref is None else (await consumer_by_ref(call, ref)).id
     keys = await call.store.list_keys(consumer_id, limit=limit)
-    now = _now()
-    return _json(schemas.KeyList(items=[schemas.KeyOut.of(k, now) for k in keys]), headers=_NO_STORE)
+    moment = now()
+    return json_response(schemas.KeyList(items=[schemas.KeyOut.of(k, moment) for k in keys]), headers=NO_STORE)
 
 
 async def create_key(call: Call) -> Response:
     body = call.body_as(schemas.KeyCreate)
     try:
-        consumer = await _consumer(call, body.consumer)
+        consumer = await consumer_by_ref(call, body.consumer)
     except NotFound:
         raise InvalidRequest("no such consumer") from None  # a bad field, not a missing URL resource
-    _guard_admin_consumer(call, consumer)
+    guard_admin_consumer(call, consumer)
     settings = call.identity.settings
     ttl = settings.default_ttl if body.ttl_days is None else timedelta(days=body.ttl_days)
     plaintext, record = await call.store.create_key(
         consumer.id, body.level, actor=call.actor(), hasher=call.identity.hasher, max_ttl=settings.max_ttl,
         ttl=ttl, scopes=body.scopes, allowed_cidrs=body.allowed_cidrs, description=body.description)
     await call.identity.announce_change(record.key_id)
-    issued = schemas.IssuedKey.issued(plaintext, record, _now())
-    return _json(issued, 201, {**_NO_STORE, "location": f"{PREFIX}/keys/{record.key_id}"})
+    issued = schemas.IssuedKey.issued(plaintext, record, now())
+    return json_response(issued, 201, {**NO_STORE, "location": f"{PREFIX}/keys/{record.key_id}"})
 
 
 async def get_key(call: Call) -> Response:
-    return _json(schemas.KeyOut.of(await _key(call), _now()), headers=_NO_STORE)
+    return json_response(schemas.KeyOut.of(await _key(call), now()), headers=NO_STORE)
 
 
 async def rotate_key(call: Call) -> Response:
@@ -328,10 +231,10 @@ async def rotate_key(call: Call) -> Response:
         ttl=ttl)
     await call.identity.announce_change(old.key_id)  # its expiry moved to the end of the overlap
     predecessor = await call.store.get_key(old.key_id) or old
-    now = _now()
-    rotated = schemas.RotatedKey(**schemas.IssuedKey.issued(plaintext, successor, now).model_dump(),
-                                 predecessor=schemas.KeyOut.of(predecessor, now))
-    return _json(rotated, 201, {**_NO_STORE, "location": f"{PREFIX}/keys/{successor.key_id}"})
+    moment = now()
+    rotated = schemas.RotatedKey(**schemas.IssuedKey.issued(plaintext, successor, moment).model_dump(),
+                                 predecessor=schemas.KeyOut.of(predecessor, moment))
+    return json_response(rotated, 201, {**NO_STORE, "location": f"{PREFIX}/keys/{successor.key_id}"})
 
 
 async def revoke_key(call: Call) -> Response:
@@ -339,7 +242,7 @@ async def revoke_key(call: Call) -> Response:
     await _guard_key_owner(call, key)
     revoked = await call.store.revoke_key(key.key_id, actor=call.actor())
     await call.identity.announce_change(key.key_id)
-    return _json(schemas.KeyOut.of(revoked, _now()), headers=_NO_STORE)
+    return json_response(schemas.KeyOut.of(revoked, now()), headers=NO_STORE)
 
 
 # -- audit ---------------------------------------------------------------------------------------------------
@@ -347,19 +250,19 @@ async def revoke_key(call: Call) -> Response:
 
 async def list_audit(call: Call) -> Response:
     after = call.int_query("after", 0, 0, 10**12)
-    limit = call.int_query("limit", 100, 1, _MAX_PAGE)
+    limit = call.int_query("limit", 100, 1, MAX_PAGE)
     entries = await call.store.list_audit(after, limit)
     cursor = entries[-1].seq if len(entries) == limit else None
-    return _json(schemas.AuditPage(items=[schemas.AuditEntryOut.of(e) for e in entries], next=cursor))
+    return json_response(schemas.AuditPage(items=[schemas.AuditEntryOut.of(e) for e in entries], next=cursor))
 
 
 async def verify_audit(call: Call) -> Response:
-    return _json(schemas.AuditVerificationOut.of(await call.store.verify_audit_chain()))
+    return json_response(schemas.AuditVerificationOut.of(await call.store.verify_audit_chain()))
 
 
 # -- the table -----------------------------------------------------------------------------------------------
 
-_LIMIT = QueryParam("limit", "Page size (1-1000).", "integer", 1, _MAX_PAGE)
+_LIMIT = QueryParam("limit", "Page size (1-1000).", "integer", 1, MAX_PAGE)
 P = Permission
 
 ROUTES: Final[tuple[AdminRoute, ...]] = (
@@ -404,6 +307,7 @@ ROUTES: Final[tuple[AdminRoute, ...]] = (
                201, schemas.KeyRotate, schemas.RotatedKey),
     AdminRoute("POST", f"{PREFIX}/keys/{{key_id}}/revoke", "revokeKey", "Revoke a key now.", "keys", P.KEYS_WRITE,
                revoke_key, response_model=schemas.KeyOut),
+    *OAUTH_ROUTES,
     AdminRoute("GET", f"{PREFIX}/audit", "listAudit", "Audit log entries, oldest first.", "audit", P.AUDIT_READ,
                list_audit, response_model=schemas.AuditPage,
                query=(QueryParam("after", "Entries after this sequence number.", "integer", 0), _LIMIT)),
@@ -419,7 +323,7 @@ async def _read_body(request: Request, model: type[M]) -> M:
     raw = await request.body()
     if raw.strip():
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media_type != _JSON:
+        if media_type != JSON:
             raise AdminProblem(codes.ADMIN_UNSUPPORTED_MEDIA_TYPE, "Send the body as 'application/json'.")
     else:
         raw = b"{}"  # lets bodies whose fields are all optional be left out; others name what is missing
@@ -498,8 +402,9 @@ def _error_responses(route: AdminRoute) -> dict[int, list[str]]:
         add(400, "`auth.credentials_in_query`: a credential in the query string.")
         add(401, "`auth.credentials_missing` / `auth.credentials_invalid`: no valid admin-level key.")
         add(403, f"`authz.permission_denied`: the caller's admin role lacks `{route.permission.value}`.")
-        if route.permission in (Permission.CONSUMERS_WRITE, Permission.KEYS_WRITE):
-            add(403, "Also when a non-admin targets a consumer holding an admin role (or its keys), or grants one.")
+        if route.permission in (Permission.CONSUMERS_WRITE, Permission.KEYS_WRITE, Permission.OAUTH_CLIENTS_WRITE):
+            add(403, "Also when a non-admin targets a consumer holding an admin role (or its keys or clients), or "
+                "grants one.")
         add(503, "`auth.unavailable` / `admin.store_unavailable`: the identity store cannot be reached.")
     if route.request_model is not None:
         add(400, "`admin.invalid_json`: the body is not JSON.")
@@ -515,6 +420,8 @@ def _error_responses(route: AdminRoute) -> dict[int, list[str]]:
         add(422, "`config.invalid`: the new configuration is invalid; the running one keeps serving.")
     if route.operation_id == "readyz":
         add(503, "Not ready (draining); the body is the same status document.")
+    for status, text in oauth_error_responses(route):
+        add(status, text)
     return errors
 
 
@@ -535,12 +442,12 @@ def _operation(route: AdminRoute, refs: _Refs, problem_ref: dict[str, Any]) -> d
     if route.request_model is not None:
         required = any(field.is_required() for field in route.request_model.model_fields.values())
         operation["requestBody"] = {"required": required, "content": {
-            _JSON: {"schema": refs[(route.request_model, "validation")]}}}
+            JSON: {"schema": refs[(route.request_model, "validation")]}}}
     success: dict[str, Any] = {"description": route.summary}
     if route.response_model is not None:
         success["content"] = {route.media_type: {"schema": refs[(route.response_model, "serialization")]}}
     elif route.status != 204:
-        success["content"] = {route.media_type: {"schema": {"type": "string" if route.media_type != _JSON
+        success["content"] = {route.media_type: {"schema": {"type": "string" if route.media_type != JSON
                                                             else "object"}}}
     responses: dict[str, Any] = {str(route.status): success}
     for status, texts in sorted(_error_responses(route).items()):
@@ -577,7 +484,8 @@ def openapi_document() -> dict[str, Any]:
                            "needs an admin-level API key whose consumer holds an admin role (`x-admin-roles` "
                            "lists the roles allowed); errors are RFC 9457 problem+json.",
         },
-        "tags": [{"name": name} for name in ("operations", "consumers", "roles", "keys", "audit")],
+        "tags": [{"name": name} for name in ("operations", "consumers", "roles", "keys", "oauth-clients",
+                                             "signing-keys", "audit")],
         "paths": paths,
         "components": {
             "schemas": top.get("$defs", {}),

@@ -37,16 +37,24 @@ class Permission(StrEnum):
     KEYS_WRITE = "keys:write"
     AUDIT_READ = "audit:read"
     CONFIG_RELOAD = "config:reload"
+    OAUTH_CLIENTS_READ = "oauth_clients:read"
+    OAUTH_CLIENTS_WRITE = "oauth_clients:write"
+    SIGNING_KEYS_READ = "signing_keys:read"
+    SIGNING_KEYS_ROTATE = "signing_keys:rotate"
 
 
 ROLE_PERMISSIONS: Final[Mapping[AdminRole, frozenset[Permission]]] = {
     AdminRole.ADMIN: frozenset(Permission),
+    # Operators manage OAuth clients as they manage API keys, and rotate signing keys as they reload the
+    # configuration: routine work that cannot widen anyone's permissions.
     AdminRole.OPERATOR: frozenset({
         Permission.CONSUMERS_READ, Permission.CONSUMERS_WRITE, Permission.KEYS_READ, Permission.KEYS_WRITE,
-        Permission.ROLES_READ, Permission.CONFIG_RELOAD,
+        Permission.ROLES_READ, Permission.CONFIG_RELOAD, Permission.OAUTH_CLIENTS_READ,
+        Permission.OAUTH_CLIENTS_WRITE, Permission.SIGNING_KEYS_READ, Permission.SIGNING_KEYS_ROTATE,
     }),
     AdminRole.AUDITOR: frozenset({
         Permission.CONSUMERS_READ, Permission.ROLES_READ, Permission.KEYS_READ, Permission.AUDIT_READ,
+        Permission.OAUTH_CLIENTS_READ, Permission.SIGNING_KEYS_READ,
     }),
 }
 

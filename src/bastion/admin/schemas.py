@@ -51,7 +51,8 @@ class ConsumerCreate(RequestModel):
     plan: _Name | None = Field(None, description="Rate-limit plan name.")
 
 
-def _without_defaults(schema: dict[str, Any]) -> None:
+def without_defaults(schema: dict[str, Any]) -> None:
+    """For PATCH bodies: their field defaults are never applied, so the schema must not claim them."""
     for field in schema.get("properties", {}).values():
         field.pop("default", None)
 
@@ -59,7 +60,7 @@ def _without_defaults(schema: dict[str, Any]) -> None:
 class ConsumerUpdate(RequestModel):
     """Only the fields present change (JSON merge semantics per field; null clears a nullable field)."""
 
-    model_config = ConfigDict(json_schema_extra=_without_defaults)
+    model_config = ConfigDict(json_schema_extra=without_defaults)
 
     # The defaults below are never applied (nor documented): the handler passes on only the fields sent.
     name: _Name = ""

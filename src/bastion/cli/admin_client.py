@@ -241,3 +241,35 @@ class RemoteBackend:
 
     async def verify_audit(self) -> Record:
         return _record(self.client.request("GET", "/audit/verify"))
+
+
+class RemoteOAuthBackend(RemoteBackend):
+    """The `bastion oauth` commands through the admin API (consumers are looked up as above)."""
+
+    async def create_client(self, consumer_id: str, *, name: str, kind: str, grant_types: Sequence[str],
+                            scopes: Sequence[str], redirect_uris: Sequence[str]) -> Record:
+        body = {"consumer": consumer_id, "name": name, "kind": kind, "grant_types": list(grant_types),
+                "scopes": list(scopes), "redirect_uris": list(redirect_uris)}
+        return _record(self.client.request("POST", "/oauth/clients", body=body))
+
+    async def list_clients(self, consumer_id: str | None) -> list[Record]:
+        return _items(self.client.request("GET", "/oauth/clients", query={"consumer": consumer_id, "limit": _PAGE}))
+
+    async def get_client(self, client_id: str) -> Record:
+        return _record(self.client.request("GET", f"/oauth/clients/{_quote(client_id)}"))
+
+    async def update_client(self, client_id: str, changes: Mapping[str, Any]) -> Record:
+        return _record(self.client.request("PATCH", f"/oauth/clients/{_quote(client_id)}", body=changes))
+
+    async def rotate_client_secret(self, client_id: str, overlap_hours: float | None) -> Record:
+        body = {} if overlap_hours is None else {"overlap_hours": overlap_hours}
+        return _record(self.client.request("POST", f"/oauth/clients/{_quote(client_id)}/rotate-secret", body=body))
+
+    async def delete_client(self, client_id: str) -> None:
+        self.client.request("DELETE", f"/oauth/clients/{_quote(client_id)}")
+
+    async def list_signing_keys(self) -> list[Record]:
+        return _items(self.client.request("GET", "/oauth/signing-keys"))
+
+    async def rotate_signing_keys(self) -> Record:
+        return _record(self.client.request("POST", "/oauth/signing-keys/rotate", body={}))

@@ -25,7 +25,7 @@ class CliError(Exception):
 
 
 class NotFoundError(CliError):
-    """The consumer, role or key does not exist."""
+    """The consumer, role, key or OAuth client does not exist."""
 
 
 class Backend(Protocol):
@@ -65,6 +65,38 @@ class Backend(Protocol):
     async def list_audit(self, after: int, limit: int) -> list[Record]: ...
 
     async def verify_audit(self) -> Record: ...
+
+    async def close(self) -> None: ...
+
+
+class OAuthBackend(Protocol):
+    """What the `bastion oauth` commands need, in either mode. Client records carry ``client_secret`` only in
+    the answers of ``create_client`` and ``rotate_client_secret``."""
+
+    async def find_consumer(self, ref: str) -> Record: ...
+
+    async def list_consumers(self) -> list[Record]: ...
+
+    async def create_client(self, consumer_id: str, *, name: str, kind: str, grant_types: Sequence[str],
+                            scopes: Sequence[str], redirect_uris: Sequence[str]) -> Record: ...
+
+    async def list_clients(self, consumer_id: str | None) -> list[Record]: ...
+
+    async def get_client(self, client_id: str) -> Record: ...
+
+    async def update_client(self, client_id: str, changes: Mapping[str, Any]) -> Record: ...
+
+    async def rotate_client_secret(self, client_id: str, overlap_hours: float | None) -> Record: ...
+
+    async def delete_client(self, client_id: str) -> None:
+        """Deletes the client and revokes its tokens on every node."""
+        ...
+
+    async def list_signing_keys(self) -> list[Record]: ...
+
+    async def rotate_signing_keys(self) -> Record:
+        """``{"active": key, "items": [every key]}`` after the rotation."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
-import logging
 import os
 import stat
 import sys
@@ -20,18 +18,27 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
-from bastion.cli.backend import Backend, CliError, NotFoundError, Record, key_state, parse_time
+from bastion.cli.backend import Backend, CliError, NotFoundError, Record, key_state
+from bastion.cli.output import (
+    display_text,
+    emit_json,
+    guarded,
+    print_details,
+    print_table,
+    setup_cli_logging,
+    short_time,
+    warn,
+)
 
 ADMIN_KEY_ENV = "BASTION_ADMIN_KEY"
 _ADMIN_ROLES = ("admin", "operator", "auditor")
 _LEVELS = ("read", "write", "admin")
 
 Action = Callable[[Backend], Awaitable[int | None]]
-T = TypeVar("T")
 
 
 # -- connection: local store or admin API -----------------------------------------------------------------
@@ -55,7 +62,7 @@ def _read_key_file(path: str) -> str:
     except UnicodeDecodeError:
         raise CliError(f"the admin key file {path} is not text", 2) from None
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        _warn(f"{path} is readable by other users; `chmod 600 {path}`")
+        warn(f"{path} is readable by other users; `chmod 600 {path}`")
     return key
 
 
@@ -72,8 +79,8 @@ def _connection(config_path: str, admin_url: str | None, admin_key: str | None, 
     if admin_key is not None and admin_key_file is not None:
         raise CliError("give either --admin-key or --admin-key-file, not both", 2)
     if admin_key is not None:
-        _warn(f"a key on the command line may end up in your shell history and the process list; prefer "
-              f"{ADMIN_KEY_ENV} or --admin-key-file")
+        warn(f"a key on the command line may end up in your shell history and the process list; prefer "
+             f"{ADMIN_KEY_ENV} or --admin-key-file")
         key = admin_key.strip()
     elif admin_key_file is not None:
         key = _read_key_file(admin_key_file)
@@ -88,7 +95,7 @@ def _connection(config_path: str, admin_url: str | None, admin_key: str | None, 
         raise CliError("the admin key is not a well-formed Bastion API key", 2)
     url = check_admin_url(admin_url)
     if url.startswith("http:") and not is_loopback(url):
-        _warn("the admin key is sent in clear text over plain HTTP to a non-loopback address")
+        warn("the admin key is sent in clear text over plain HTTP to a non-loopback address")
     return Connection(Path(config_path), url, key, as_json)
 
 
@@ -107,7 +114,7 @@ def connection_options(func: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(func)
     def wrapper(*args: Any, config_path: str, admin_url: str | None, admin_key: str | None,
                 admin_key_file: str | None, as_json: bool, **kwargs: Any) -> None:
-        connection = _guarded(lambda: _connection(config_path, admin_url, admin_key, admin_key_file, as_json))
+        connection = guarded(lambda: _connection(config_path, admin_url, admin_key, admin_key_file, as_json))
         func(connection, *args, **kwargs)
 
     decorated: Callable[..., None] = wrapper
@@ -128,36 +135,6 @@ def connection_options(func: Callable[..., None]) -> Callable[..., None]:
 # -- running an action --------------------------------------------------------------------------------------
 
 
-class _CliLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
-
-
-def _setup_logging() -> None:
-    # Warnings from the store (a generated pepper, a failed broadcast) go to stderr; stdout stays clean.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_CliLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-
-
-def _guarded(call: Callable[[], T]) -> T:
-    """Run ``call``; any failure becomes a one-line message on stderr and an exit code, never a traceback."""
-    try:
-        return call()
-    except CliError as exc:
-        for line in str(exc).splitlines() or ["failed"]:
-            click.echo(f"error: {line}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # the message may hold internals (a URL, a statement): only its type
-        click.echo(f"error: unexpected failure ({type(exc).__name__})", err=True)
-        sys.exit(1)
-
-
 async def _with_backend(connection: Connection, action: Action) -> int:
     if connection.admin_url is not None and connection.admin_key is not None:
         from bastion.cli.admin_client import RemoteBackend
@@ -174,73 +151,33 @@ async def _with_backend(connection: Connection, action: Action) -> int:
 
 
 def _run(connection: Connection, action: Action) -> NoReturn:
-    _setup_logging()
-    sys.exit(_guarded(lambda: asyncio.run(_with_backend(connection, action))))
+    setup_cli_logging()
+    sys.exit(guarded(lambda: asyncio.run(_with_backend(connection, action))))
 
 
 # -- output -------------------------------------------------------------------------------------------------
 
 
-def _warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
-
-
-def _emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def _text(value: Any) -> str:
-    """A value for a terminal: lists joined, JSON for objects, no control characters (names and metadata
-    come from whoever created them)."""
-    if value is None or value in ("", []):
-        text = "-"
-    elif isinstance(value, list):
-        text = ", ".join(str(item) for item in value)
-    elif isinstance(value, dict):
-        text = json.dumps(value, ensure_ascii=False, sort_keys=True)
-    else:
-        text = str(value)
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[_text(value) for value in row] for row in rows]
-    widths = [max([len(header), *(len(row[i]) for row in cells)]) for i, header in enumerate(headers)]
-    for row in [list(headers), *cells]:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-def _details(pairs: Sequence[tuple[str, Any]]) -> None:
-    width = max(len(label) for label, _ in pairs) + 1
-    for label, value in pairs:
-        click.echo(f"{(label + ':').ljust(width)} {_text(value)}")
-
-
-def _short_time(value: Any) -> str:
-    parsed = parse_time(value)
-    return "-" if parsed is None else parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def _show_consumer(consumer: Record) -> None:
-    _details([
+    print_details([
         ("name", consumer.get("name")), ("id", consumer.get("id")), ("status", consumer.get("status")),
         ("roles", consumer.get("roles")), ("admin role", consumer.get("admin_role")),
         ("plan", consumer.get("plan")), ("allowed CIDRs", consumer.get("allowed_cidrs")),
-        ("metadata", consumer.get("metadata")), ("created", _short_time(consumer.get("created_at"))),
-        ("updated", _short_time(consumer.get("updated_at"))),
+        ("metadata", consumer.get("metadata")), ("created", short_time(consumer.get("created_at"))),
+        ("updated", short_time(consumer.get("updated_at"))),
     ])
 
 
 def _show_key(key: Record, consumer_name: str | None = None) -> None:
     consumer = key.get("consumer_id")
-    _details([
+    print_details([
         ("key id", key.get("key_id")), ("prefix", key.get("display_prefix")), ("level", key.get("level")),
         ("state", key_state(key, datetime.now(UTC))),
         ("consumer", f"{consumer_name} ({consumer})" if consumer_name else consumer),
         ("scopes", key.get("scopes") or "(all of the consumer's permissions)"),
         ("allowed CIDRs", key.get("allowed_cidrs")), ("description", key.get("description")),
-        ("created", _short_time(key.get("created_at"))), ("expires", _short_time(key.get("expires_at"))),
-        ("revoked", _short_time(key.get("revoked_at"))), ("last used", _short_time(key.get("last_used_at"))),
+        ("created", short_time(key.get("created_at"))), ("expires", short_time(key.get("expires_at"))),
+        ("revoked", short_time(key.get("revoked_at"))), ("last used", short_time(key.get("last_used_at"))),
         ("predecessor", key.get("predecessor_id")), ("successor", key.get("successor_id")),
     ])
 
@@ -248,8 +185,8 @@ def _show_key(key: Record, consumer_name: str | None = None) -> None:
 def _print_new_key(record: Record) -> None:
     """The plaintext, alone on its line so it is easy to copy, and the warning that it is shown once."""
     click.echo(record["key"])
-    _warn("this is the only time the key is shown: store it now (e.g. in a secret manager); only a keyed hash "
-          "of it is kept")
+    warn("this is the only time the key is shown: store it now (e.g. in a secret manager); only a keyed hash "
+         "of it is kept")
 
 
 def _parse_metadata(values: Sequence[str]) -> dict[str, str]:
@@ -274,7 +211,7 @@ def init(config_path: str, name: str, as_json: bool) -> None:
 
     The store is migrated first. The key is printed once; store it.
     """
-    _setup_logging()
+    setup_cli_logging()
 
     async def go() -> int:
         from bastion.cli.local_store import open_local
@@ -295,14 +232,14 @@ def init(config_path: str, name: str, as_json: bool) -> None:
                     await backend.delete_consumer(consumer["id"])
                 raise
         if as_json:
-            _emit_json({"consumer": consumer, "api_key": key})
+            emit_json({"consumer": consumer, "api_key": key})
             return 0
         click.echo(f"Created the admin consumer {consumer['name']!r} ({consumer['id']}) and an admin key "
-                   f"{key['display_prefix']} expiring {_short_time(key['expires_at'])}:")
+                   f"{key['display_prefix']} expiring {short_time(key['expires_at'])}:")
         _print_new_key(key)
         return 0
 
-    sys.exit(_guarded(lambda: asyncio.run(go())))
+    sys.exit(guarded(lambda: asyncio.run(go())))
 
 
 @click.command("migrate")
@@ -310,19 +247,19 @@ def init(config_path: str, name: str, as_json: bool) -> None:
 @_json_option
 def migrate(config_path: str, as_json: bool) -> None:
     """Migrate the identity store to the newest schema (needed for PostgreSQL; SQLite migrates itself)."""
-    _setup_logging()
+    setup_cli_logging()
 
     async def go() -> int:
         from bastion.cli.local_store import load_settings, migrate_store
 
         current, head = await migrate_store(load_settings(Path(config_path)))
         if as_json:
-            _emit_json({"revision": current, "head": head})
+            emit_json({"revision": current, "head": head})
         else:
             click.echo(f"identity store at revision {current} (head {head})")
         return 0 if current == head else 1
 
-    sys.exit(_guarded(lambda: asyncio.run(go())))
+    sys.exit(guarded(lambda: asyncio.run(go())))
 
 
 # -- consumers ----------------------------------------------------------------------------------------------
@@ -341,13 +278,13 @@ def consumers_list(connection: Connection) -> None:
     async def go(backend: Backend) -> None:
         records = await backend.list_consumers()
         if connection.as_json:
-            _emit_json(records)
+            emit_json(records)
         elif not records:
             click.echo("no consumers")
         else:
-            _table(["NAME", "ID", "STATUS", "ROLES", "ADMIN ROLE", "PLAN"],
-                   [[c.get("name"), c.get("id"), c.get("status"), c.get("roles"), c.get("admin_role"),
-                     c.get("plan")] for c in records])
+            print_table(["NAME", "ID", "STATUS", "ROLES", "ADMIN ROLE", "PLAN"],
+                        [[c.get("name"), c.get("id"), c.get("status"), c.get("roles"), c.get("admin_role"),
+                          c.get("plan")] for c in records])
 
     _run(connection, go)
 
@@ -361,7 +298,7 @@ def consumers_show(connection: Connection, ref: str) -> None:
     async def go(backend: Backend) -> None:
         consumer = await backend.find_consumer(ref)
         if connection.as_json:
-            _emit_json(consumer)
+            emit_json(consumer)
         else:
             _show_consumer(consumer)
 
@@ -389,7 +326,7 @@ def consumers_create(connection: Connection, name: str, roles: tuple[str, ...], 
     async def go(backend: Backend) -> None:
         consumer = await backend.create_consumer(fields)
         if connection.as_json:
-            _emit_json(consumer)
+            emit_json(consumer)
         else:
             click.echo(f"Created consumer {consumer.get('name')!r}.")
             _show_consumer(consumer)
@@ -441,7 +378,7 @@ def consumers_update(connection: Connection, ref: str, name: str | None, roles: 
         current = await backend.find_consumer(ref)
         consumer = await backend.update_consumer(current["id"], changes)
         if connection.as_json:
-            _emit_json(consumer)
+            emit_json(consumer)
         else:
             click.echo(f"Updated consumer {consumer.get('name')!r}.")
             _show_consumer(consumer)
@@ -459,7 +396,7 @@ def consumers_delete(connection: Connection, ref: str) -> None:
         consumer = await backend.find_consumer(ref)
         await backend.delete_consumer(consumer["id"])
         if connection.as_json:
-            _emit_json(consumer)
+            emit_json(consumer)
         else:
             click.echo(f"Deleted consumer {consumer.get('name')!r} ({consumer.get('id')}) and its keys.")
 
@@ -482,12 +419,12 @@ def roles_list(connection: Connection) -> None:
     async def go(backend: Backend) -> None:
         records = await backend.list_roles()
         if connection.as_json:
-            _emit_json(records)
+            emit_json(records)
         elif not records:
             click.echo("no roles")
         else:
-            _table(["NAME", "PERMISSIONS", "DESCRIPTION"],
-                   [[r.get("name"), r.get("permissions"), r.get("description")] for r in records])
+            print_table(["NAME", "PERMISSIONS", "DESCRIPTION"],
+                        [[r.get("name"), r.get("permissions"), r.get("description")] for r in records])
 
     _run(connection, go)
 
@@ -501,10 +438,10 @@ def roles_show(connection: Connection, name: str) -> None:
     async def go(backend: Backend) -> None:
         role = await backend.get_role(name)
         if connection.as_json:
-            _emit_json(role)
+            emit_json(role)
         else:
-            _details([("name", role.get("name")), ("permissions", role.get("permissions")),
-                      ("description", role.get("description"))])
+            print_details([("name", role.get("name")), ("permissions", role.get("permissions")),
+                           ("description", role.get("description"))])
 
     _run(connection, go)
 
@@ -527,9 +464,9 @@ def roles_put(connection: Connection, name: str, permissions: tuple[str, ...], d
                 text = ""
         role = await backend.put_role(name, list(permissions), text)
         if connection.as_json:
-            _emit_json(role)
+            emit_json(role)
         else:
-            click.echo(f"Saved role {role.get('name')!r}: {_text(role.get('permissions'))}")
+            click.echo(f"Saved role {role.get('name')!r}: {display_text(role.get('permissions'))}")
 
     _run(connection, go)
 
@@ -544,7 +481,7 @@ def roles_delete(connection: Connection, name: str) -> None:
         role = await backend.get_role(name)
         await backend.delete_role(name)
         if connection.as_json:
-            _emit_json(role)
+            emit_json(role)
         else:
             click.echo(f"Deleted role {name!r}.")
 
@@ -579,10 +516,10 @@ def keys_create(connection: Connection, consumer_ref: str, level: str, scopes: t
         key = await backend.create_key(consumer["id"], level, scopes=scopes, ttl_days=ttl_days,
                                        allowed_cidrs=allowed_cidrs, description=description)
         if connection.as_json:
-            _emit_json(key)
+            emit_json(key)
             return
         click.echo(f"Created {key.get('level')} key {key.get('display_prefix')} for {consumer.get('name')!r}, "
-                   f"expiring {_short_time(key.get('expires_at'))}:")
+                   f"expiring {short_time(key.get('expires_at'))}:")
         _print_new_key(key)
 
     _run(connection, go)
@@ -598,7 +535,7 @@ def keys_list(connection: Connection, consumer_ref: str | None) -> None:
         consumer = await backend.find_consumer(consumer_ref) if consumer_ref is not None else None
         records = await backend.list_keys(consumer["id"] if consumer else None)
         if connection.as_json:
-            _emit_json(records)
+            emit_json(records)
             return
         if not records:
             click.echo("no keys")
@@ -606,11 +543,11 @@ def keys_list(connection: Connection, consumer_ref: str | None) -> None:
         names = ({consumer["id"]: consumer.get("name")} if consumer
                  else {c["id"]: c.get("name") for c in await backend.list_consumers()})
         now = datetime.now(UTC)
-        _table(["KEY ID", "PREFIX", "LEVEL", "CONSUMER", "STATE", "EXPIRES", "LAST USED", "DESCRIPTION"],
-               [[k.get("key_id"), k.get("display_prefix"), k.get("level"),
-                 names.get(k.get("consumer_id"), k.get("consumer_id")), key_state(k, now),
-                 _short_time(k.get("expires_at")), _short_time(k.get("last_used_at")), k.get("description")]
-                for k in records])
+        print_table(["KEY ID", "PREFIX", "LEVEL", "CONSUMER", "STATE", "EXPIRES", "LAST USED", "DESCRIPTION"],
+                    [[k.get("key_id"), k.get("display_prefix"), k.get("level"),
+                      names.get(k.get("consumer_id"), k.get("consumer_id")), key_state(k, now),
+                      short_time(k.get("expires_at")), short_time(k.get("last_used_at")), k.get("description")]
+                     for k in records])
 
     _run(connection, go)
 
@@ -624,7 +561,7 @@ def keys_show(connection: Connection, key_id: str) -> None:
     async def go(backend: Backend) -> None:
         key = await backend.get_key(key_id)
         if connection.as_json:
-            _emit_json(key)
+            emit_json(key)
             return
         try:
             name = (await backend.find_consumer(str(key.get("consumer_id")))).get("name")
@@ -648,10 +585,10 @@ def keys_rotate(connection: Connection, key_id: str, overlap_hours: float | None
     async def go(backend: Backend) -> None:
         successor = await backend.rotate_key(key_id, overlap_hours, ttl_days)
         if connection.as_json:
-            _emit_json(successor)
+            emit_json(successor)
             return
         click.echo(f"Rotated {key_id}: the successor is {successor.get('display_prefix')}, expiring "
-                   f"{_short_time(successor.get('expires_at'))}:")
+                   f"{short_time(successor.get('expires_at'))}:")
         _print_new_key(successor)
 
     _run(connection, go)
@@ -666,9 +603,9 @@ def keys_revoke(connection: Connection, key_id: str) -> None:
     async def go(backend: Backend) -> None:
         key = await backend.revoke_key(key_id)
         if connection.as_json:
-            _emit_json(key)
+            emit_json(key)
         else:
-            click.echo(f"Revoked {key.get('display_prefix')} at {_short_time(key.get('revoked_at'))}.")
+            click.echo(f"Revoked {key.get('display_prefix')} at {short_time(key.get('revoked_at'))}.")
 
     _run(connection, go)
 
@@ -692,14 +629,14 @@ def audit_list(connection: Connection, after: int, limit: int) -> None:
     async def go(backend: Backend) -> None:
         entries = await backend.list_audit(after, limit)
         if connection.as_json:
-            _emit_json(entries)
+            emit_json(entries)
             return
         if not entries:
             click.echo("no entries")
             return
-        _table(["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "CLIENT"],
-               [[e.get("seq"), _short_time(e.get("time")), e.get("actor"), e.get("action"), e.get("target"),
-                 e.get("client_ip")] for e in entries])
+        print_table(["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "CLIENT"],
+                    [[e.get("seq"), short_time(e.get("time")), e.get("actor"), e.get("action"), e.get("target"),
+                      e.get("client_ip")] for e in entries])
         if len(entries) == limit:
             click.echo(f"(more may follow: --after {entries[-1].get('seq')})", err=True)
 
@@ -715,14 +652,14 @@ def audit_verify(connection: Connection) -> None:
         result = await backend.verify_audit()
         ok = result.get("ok") is True
         if connection.as_json:
-            _emit_json(result)
+            emit_json(result)
         elif ok:
             click.echo(f"audit log intact: {result.get('checked')} entries; head {result.get('last_seq')} "
                        f"{result.get('last_hash')} (keep this elsewhere to detect truncation)")
         if not ok:
-            click.echo(f"error: the audit log is broken at entry {_text(result.get('first_bad_seq'))}: "
-                       f"{_text(result.get('reason'))} (the {_text(result.get('checked'))} entries before it are "
-                       f"intact)", err=True)
+            click.echo(f"error: the audit log is broken at entry {display_text(result.get('first_bad_seq'))}: "
+                       f"{display_text(result.get('reason'))} (the {display_text(result.get('checked'))} entries "
+                       f"before it are intact)", err=True)
         return 0 if ok else 1
 
     _run(connection, go)

@@ -1,4 +1,5 @@
-"""`bastion run | check | demo | config-docs`, and the identity commands (`bastion.cli.identity`)."""
+"""`bastion run | check | demo | config-docs`, the identity commands (`bastion.cli.identity`) and the OAuth
+commands (`bastion.cli.oauth`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import click
 
 from bastion import __version__
-from bastion.cli import identity
+from bastion.cli import identity, oauth
 from bastion.cli.logging_setup import setup_logging
 
 
@@ -94,6 +95,7 @@ def config_docs(docs_dir: str) -> None:
 
 
 identity.register(main)
+oauth.register(main)
 
 
 if __name__ == "__main__":

@@ -293,6 +293,23 @@ def _check_algorithms(value: list[str]) -> list[str]:
 Algorithms = Annotated[list[str], Field(min_length=1), AfterValidator(_check_algorithms)]
 
 
+def _check_fetch_url(value: str) -> str:
+    """Keys and token answers come over TLS; plain HTTP only on loopback (a local IdP in development)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    host = (parts.hostname or "").lower()
+    loopback = host in {"localhost", "::1"} or host.startswith("127.")
+    if parts.scheme == "https" and host:
+        return value
+    if parts.scheme == "http" and loopback:
+        return value
+    raise ValueError("must be an https:// URL (http:// only to a loopback address)")
+
+
+FetchUrl = Annotated[str, AfterValidator(_check_fetch_url)]
+
+
 class JwksCacheConfig(Model):
     default_ttl: float = Field(300.0, gt=0, description="Seconds a JWKS is kept when the response has no "
                                "usable Cache-Control max-age.")
@@ -307,7 +324,7 @@ class JwksCacheConfig(Model):
 
 
 class IntrospectionConfig(Model):
-    endpoint: str = Field(..., description="The IdP's RFC 7662 introspection endpoint (https, or http on "
+    endpoint: FetchUrl = Field(..., description="The IdP's RFC 7662 introspection endpoint (https, or http on "
                           "loopback only).")
     client_id: str = Field(..., description="Client id Bastion authenticates with (HTTP Basic).")
     client_secret: SecretRef = Field(..., description="Its secret, as `env:NAME` or `file:PATH`.")
@@ -336,7 +353,7 @@ class TrustedIssuerConfig(Model):
                                  "`aud`.")
     algorithms: Algorithms = Field(..., description="Signature algorithms accepted (explicit allow-list, "
                                    "asymmetric only). A key is only ever used with one algorithm.")
-    jwks_uri: str | None = Field(None, description="Where the signing keys are. When unset they are found "
+    jwks_uri: FetchUrl | None = Field(None, description="Where the signing keys are. When unset they are found "
                                  "once through discovery (RFC 8414, then OpenID Connect), and the discovered "
                                  "`issuer` must equal `issuer`.")
     jwks_cache: JwksCacheConfig = Field(default_factory=JwksCacheConfig, description="JWKS caching and "
@@ -353,7 +370,7 @@ class TrustedIssuerConfig(Model):
 
 
 class SigningConfig(Model):
-    algorithm: str = Field("ES256", pattern="^(ES256|ES384|RS256|PS256|EdDSA)$", description="Algorithm of "
+    algorithm: str = Field("ES256", pattern="^(ES256|ES384|RS256|PS256)$", description="Algorithm of "
                            "the signing keys Bastion generates.")
 
 
@@ -367,8 +384,9 @@ class TokenEndpointLimits(Model):
 class AuthorizationServerConfig(Model):
     enabled: bool = Field(False, description="Serve the built-in OAuth 2.1 authorization server on the "
                           "gateway's listeners (`/oauth2/*`, `/.well-known/oauth-authorization-server`).")
-    issuer: str | None = Field(None, description="The server's issuer URL, exactly as clients reach it, e.g. "
-                               "`https://api.example.com` (no trailing slash, no query). Required when enabled.")
+    issuer: str | None = Field(None, description="The server's issuer URL, exactly as clients reach the "
+                               "gateway, e.g. `https://api.example.com` (an origin: no path, no trailing slash). "
+                               "Required when enabled.")
     audience: str = Field("bastion", description="`aud` of the access tokens it issues; routes accept it "
                           "through the `oauth2` policy.")
     access_token_ttl: int = Field(600, ge=30, le=86400, description="Seconds an access token lives.")
@@ -389,10 +407,9 @@ class AuthorizationServerConfig(Model):
     def _issuer_when_enabled(self) -> AuthorizationServerConfig:
         if self.enabled and not self.issuer:
             raise ValueError("oauth.server.issuer is required when the authorization server is enabled")
-        if self.issuer and (self.issuer.endswith("/") or "?" in self.issuer or "#" in self.issuer
-                            or not self.issuer.startswith(("https://", "http://"))):
-            raise ValueError("oauth.server.issuer must be an http(s) URL without trailing slash, query or "
-                             "fragment")
+        if self.issuer and not re.match(r"^https?://[^/?#@\s]+$", self.issuer):
+            raise ValueError("oauth.server.issuer must be the gateway's origin, e.g. https://api.example.com "
+                             "(no path, trailing slash, query or fragment): the endpoints live at its root")
         return self
 
 

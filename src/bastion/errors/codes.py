@@ -119,8 +119,9 @@ AUTH_TOO_MANY_FAILURES = ErrorCode(
 )
 AUTH_UNAVAILABLE = ErrorCode(
     "auth.unavailable", 503, "Authentication unavailable",
-    "The identity store cannot be reached, so the credential could not be checked. The gateway fails closed. "
-    "Retry after the delay in `Retry-After`.",
+    "The credential could not be checked: the identity store cannot be reached, or (for OAuth access tokens) "
+    "the identity provider's signing keys are older than their staleness bound or its introspection endpoint "
+    "does not answer. The gateway fails closed. Retry after the delay in `Retry-After`.",
 )
 
 # -- authorization -------------------------------------------------------------------------------

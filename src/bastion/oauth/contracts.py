@@ -37,9 +37,36 @@ class RevocationCheck(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class TokenFailure:
+    """A refused token. ``reason`` is for the log only (never the token itself); clients get one answer.
+
+    ``unavailable``: the token could not be checked at all (the issuer's keys are past their staleness
+    bound, the introspection endpoint cannot be reached): the gateway answers 503, not 401.
+    """
+
+    reason: str
+    unavailable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IntrospectionResult:
+    """What an RFC 7662 endpoint said about an opaque token that is active."""
+
+    claims: dict[str, Any]
+    expires_at: float | None  # wall clock, from `exp` when the endpoint gave one
+    reuse_until: float  # wall clock: the answer may be reused until then (cache_ttl, never past `exp`)
+
+
+class Introspector(Protocol):
+    async def introspect(self, token: str) -> IntrospectionResult | TokenFailure:
+        """Ask the issuer about an opaque token (cached, single-flight per token). Never raises."""
+
+
+@dataclass(frozen=True, slots=True)
 class IssuerRuntime:
     """A trusted issuer as the gateway uses it: its validated settings and live key set."""
 
     config: TrustedIssuerConfig
     keys: KeySet
     revocations: RevocationCheck | None = None  # the built-in server's list; None for external issuers
+    introspector: Introspector | None = None  # opaque tokens (RFC 7662); None: JWTs only

@@ -12,12 +12,13 @@ def builtin_policy_types() -> dict[str, PolicyType]:
     from bastion.policies.ip_allow.policy import POLICY_TYPE as IP_ALLOW
     from bastion.policies.json_limits.policy import POLICY_TYPE as JSON_LIMITS
     from bastion.policies.key_auth.policy import POLICY_TYPE as KEY_AUTH
+    from bastion.policies.oauth2.policy import POLICY_TYPE as OAUTH2
     from bastion.policies.query_limits.policy import POLICY_TYPE as QUERY_LIMITS
     from bastion.policies.quota.policy import POLICY_TYPE as QUOTA
     from bastion.policies.rate_limit.policy import POLICY_TYPE as RATE_LIMIT
     from bastion.policies.security_headers.policy import POLICY_TYPE as SECURITY_HEADERS
 
-    types = [BUSINESS_FLOW, CONCURRENCY, IP_ALLOW, JSON_LIMITS, KEY_AUTH, QUERY_LIMITS, QUOTA, RATE_LIMIT,
+    types = [BUSINESS_FLOW, CONCURRENCY, IP_ALLOW, JSON_LIMITS, KEY_AUTH, OAUTH2, QUERY_LIMITS, QUOTA, RATE_LIMIT,
              SECURITY_HEADERS]
     return {t.name: t for t in types}
 

@@ -1,4 +1,4 @@
-"""The identity tables. Changing them needs a new migration in ``storage/migrations/versions``."""
+"""The identity and OAuth tables. Changing them needs a new migration in ``storage/migrations/versions``."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -130,3 +132,120 @@ class AuditRow(Base):
     after: Mapped[dict[str, Any] | None]
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# -- OAuth 2 authorization server ---------------------------------------------------------------------------
+# Secrets (client secrets, codes, refresh tokens) are stored as HMAC digests only; private signing keys are
+# encrypted (bastion.oauth.server.keys). Token rows cascade away with their client, revocations do not: a
+# revoked token id must stay refused until the token expires, whatever happens to its client.
+
+
+class OAuthClientRow(Base):
+    """An OAuth client registered for a consumer."""
+
+    __tablename__ = "oauth_clients"
+    __table_args__ = (
+        CheckConstraint("kind IN ('confidential', 'public')", name="kind"),
+        CheckConstraint("status IN ('active', 'disabled')", name="status"),
+    )
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    consumer_id: Mapped[str] = mapped_column(String(36), ForeignKey("consumers.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    grant_types: Mapped[list[str]]
+    scopes: Mapped[list[str]]
+    redirect_uris: Mapped[list[str]]
+    status: Mapped[str] = mapped_column(String(16))
+    secret_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    previous_secret_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    previous_secret_expires_at: Mapped[datetime | None]
+    secret_rotated_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class OAuthAuthorizationCodeRow(Base):
+    """A one-time authorization code. ``family_id`` is the refresh family its redemption started;
+    ``family_revoked_at`` is set when that family is revoked (e.g. the code was redeemed twice), so tokens
+    saved for the family afterwards are born revoked."""
+
+    __tablename__ = "oauth_authorization_codes"
+
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), ForeignKey("oauth_clients.client_id", ondelete="CASCADE"),
+                                           index=True)
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    scopes: Mapped[list[str]]
+    subject: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    family_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    family_revoked_at: Mapped[datetime | None]
+
+
+class OAuthRefreshTokenRow(Base):
+    """One refresh token of a family; rotation marks it used and adds its successor to the family."""
+
+    __tablename__ = "oauth_refresh_tokens"
+
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    family_id: Mapped[str] = mapped_column(String(64), index=True)
+    client_id: Mapped[str] = mapped_column(String(64), ForeignKey("oauth_clients.client_id", ondelete="CASCADE"),
+                                           index=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[list[str]]
+    created_at: Mapped[datetime]
+    family_expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class OAuthAccessTokenRow(Base):
+    """An issued access token (a JWT): only its id is recorded, so a family or client can be revoked."""
+
+    __tablename__ = "oauth_access_tokens"
+
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), ForeignKey("oauth_clients.client_id", ondelete="CASCADE"),
+                                           index=True)
+    family_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+
+
+class OAuthRevocationRow(Base):
+    """A revoked access-token id, refused by every node until ``expires_at``. ``id`` is the pollers' cursor:
+    AUTOINCREMENT on SQLite so a purged id is never handed out again."""
+
+    __tablename__ = "oauth_revocations"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    jti: Mapped[str] = mapped_column(String(128), unique=True)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime]
+
+
+class OAuthSigningKeyRow(Base):
+    """A token-signing key. At most one ``active`` and one ``next`` key (partial unique index), so two nodes
+    creating the first keys at once cannot both succeed."""
+
+    __tablename__ = "oauth_signing_keys"
+    __table_args__ = (
+        CheckConstraint("state IN ('next', 'active', 'retired')", name="state"),
+        Index("uq_oauth_signing_keys_state", "state", unique=True,
+              postgresql_where=text("state <> 'retired'"), sqlite_where=text("state <> 'retired'")),
+    )
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    encrypted_private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    public_jwk: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    activated_at: Mapped[datetime | None]
+    retired_at: Mapped[datetime | None]
+    keep_until: Mapped[datetime | None]

@@ -21,6 +21,12 @@ async function step(name, fn) {
   }
 }
 
+// Calls the protected API with a token, as a resource client would.
+async function callApi(name, token) {
+  const answer = await fetch(job.api_url, { headers: { authorization: `Bearer ${token}` } });
+  report(name, { ok: answer.status === 200, status: answer.status });
+}
+
 function tokenFields(tokens) {
   return {
     access_token: tokens.access_token, refresh_token: tokens.refresh_token ?? null,
@@ -40,6 +46,7 @@ const cc = await step('client_credentials', async () =>
   tokenFields(await client.clientCredentialsGrant(confidential, { scope: job.confidential.scope })));
 
 if (cc) {
+  await callApi('api_client_credentials', cc.access_token);
   await step('introspect_active', async () => ({ ...(await client.tokenIntrospection(confidential, cc.access_token)) }));
   await step('revoke_access', async () => { await client.tokenRevocation(confidential, cc.access_token); return {}; });
   await step('introspect_revoked', async () => ({ ...(await client.tokenIntrospection(confidential, cc.access_token)) }));
@@ -63,6 +70,7 @@ let codeTokens = null;
 if (location) {
   codeTokens = await step('authorization_code', async () =>
     tokenFields(await client.authorizationCodeGrant(pub, new URL(location), { pkceCodeVerifier: verifier, expectedState: state })));
+  if (codeTokens) await callApi('api_authorization_code', codeTokens.access_token);
   await step('code_replay', async () =>
     tokenFields(await client.authorizationCodeGrant(pub, new URL(location), { pkceCodeVerifier: verifier, expectedState: state })));
 }
@@ -81,6 +89,7 @@ const fresh = location2 ? await step('authorization_code_2', async () =>
   : null;
 if (fresh && fresh.refresh_token) {
   const rotated = await step('refresh', async () => tokenFields(await client.refreshTokenGrant(pub, fresh.refresh_token)));
+  if (rotated) await callApi('api_refreshed', rotated.access_token);
   await step('refresh_reuse', async () => tokenFields(await client.refreshTokenGrant(pub, fresh.refresh_token)));
   if (rotated) {
     await step('refresh_after_reuse', async () => tokenFields(await client.refreshTokenGrant(pub, rotated.refresh_token)));

@@ -1,0 +1,1 @@
+"""OAuth 2 bearer-token authentication (the resource-server side)."""
