@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 
@@ -44,13 +46,25 @@ DEMO_ROLES = {
     "shop-reader": ["users:read", "orders:read"],
     "shop-writer": ["users:read", "users:write", "orders:read", "orders:write"],
 }
+DEMO_CLIENT = "reporting-service"
 
 
-async def _provision(config_path: Path) -> dict[str, str]:
-    """Two demo consumers, a read key and a write key (fresh keys each run: a key is shown only once)."""
+@dataclass(frozen=True)
+class DemoCredentials:
+    """Fresh each run: a key or a client secret is shown only once."""
+
+    keys: dict[str, str]  # consumer name -> API key
+    client_id: str
+    client_secret: str
+
+
+async def provision(config_path: Path) -> DemoCredentials:
+    """Two consumers with a read key and a write key, and a third whose OAuth client gets access tokens
+    with the client-credentials grant."""
     from bastion.config.loader import load_config
     from bastion.identity.keys import KeyLevel
     from bastion.identity.service import IdentityService, identity_settings
+    from bastion.oauth.server.store import ClientKind, OAuthStore
     from bastion.storage.audit import AuditActor
 
     config, _ = load_config(config_path)
@@ -61,22 +75,37 @@ async def _provision(config_path: Path) -> dict[str, str]:
         store = service.store
         for role, permissions in DEMO_ROLES.items():
             await store.put_role(role, permissions, actor=actor)
-        keys: dict[str, str] = {}
-        for name, role, level in (("mobile-app", "shop-reader", KeyLevel.READ),
-                                  ("partner", "shop-writer", KeyLevel.WRITE)):
+        consumers = {}
+        for name, role in (("mobile-app", "shop-reader"), ("partner", "shop-writer"), ("reporting", "shop-reader")):
             consumer = await store.get_consumer_by_name(name)
             if consumer is None:
                 consumer = await store.create_consumer(name, actor=actor, roles=[role])
-            key, _ = await store.create_key(consumer.id, level, actor=actor, hasher=service.hasher,
+            consumers[name] = consumer.id
+        keys: dict[str, str] = {}
+        for name, level in (("mobile-app", KeyLevel.READ), ("partner", KeyLevel.WRITE)):
+            key, _ = await store.create_key(consumers[name], level, actor=actor, hasher=service.hasher,
                                             max_ttl=service.settings.max_ttl, description="bastion demo")
             keys[name] = key
-        return keys
+        oauth = OAuthStore(store.engine, service.hasher)
+        existing = [c for c in await oauth.list_clients(consumers["reporting"]) if c.name == DEMO_CLIENT]
+        if existing:
+            client, secret = await oauth.rotate_client_secret(existing[0].client_id, actor=actor,
+                                                              overlap=timedelta(0))
+        else:
+            client, new_secret = await oauth.create_client(
+                consumer_id=consumers["reporting"], name=DEMO_CLIENT, kind=ClientKind.CONFIDENTIAL,
+                grant_types=["client_credentials"], scopes=["orders:read", "users:read"], redirect_uris=[],
+                actor=actor)
+            assert new_secret is not None  # confidential clients always get one
+            secret = new_secret
+        return DemoCredentials(keys, client.client_id, secret)
     finally:
         await service.close()
 
 
-def _tour(keys: dict[str, str]) -> str:
-    read_key, write_key = keys["mobile-app"], keys["partner"]
+def _tour(credentials: DemoCredentials) -> str:
+    read_key, write_key = credentials.keys["mobile-app"], credentials.keys["partner"]
+    client_id, client_secret = credentials.client_id, credentials.client_secret
     return f"""
 Bastion demo is running.
   HTTPS gateway   https://localhost:8443   (self-signed development certificate: curl -k)
@@ -86,6 +115,8 @@ Bastion demo is running.
 Demo API keys (shown once; stored only as HMAC digests):
   mobile-app, read level, role shop-reader:  {read_key}
   partner,    write level, role shop-writer: {write_key}
+Demo OAuth client of the `reporting` consumer (client credentials; the secret is shown once):
+  client_id {client_id}   client_secret {client_secret}
 
 Try:
   curl -k -H "X-API-Key: {read_key}" https://localhost:8443/v1/users
@@ -104,6 +135,14 @@ Try:
   curl -k -i 'https://localhost:8443/v1/%2e%2e/etc/passwd' # path tricks: 400
   curl -i http://localhost:8080/v1/users                   # 308 to HTTPS
   curl -s http://127.0.0.1:9090/metrics | grep bastion_requests_total
+OAuth 2: a 10-minute access token instead of a shared key; revocation works at once:
+  TOKEN=$(curl -k -s -u '{client_id}:{client_secret}' -d grant_type=client_credentials -d scope=orders:read \\
+       https://localhost:8443/oauth2/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -k -H "Authorization: Bearer $TOKEN" https://localhost:8443/v1/orders       # 200
+  curl -k -i -H "Authorization: Bearer $TOKEN" https://localhost:8443/v1/users     # 403: scope orders:read only
+  curl -k -u '{client_id}:{client_secret}' -d "token=$TOKEN" https://localhost:8443/oauth2/revoke
+  curl -k -i -H "Authorization: Bearer $TOKEN" https://localhost:8443/v1/orders    # 401: revoked
+  curl -k -s https://localhost:8443/.well-known/oauth-authorization-server          # RFC 8414 metadata
 Access log: JSON lines on standard output. Stop with Ctrl-C.
 """
 
@@ -123,8 +162,8 @@ def run_demo(work_dir: Path, upstream_port: int) -> int:
             return 1
         import asyncio
 
-        keys = asyncio.run(_provision(config_path))
-        click.echo(_tour(keys), err=True)
+        credentials = asyncio.run(provision(config_path))
+        click.echo(_tour(credentials), err=True)
         try:
             uvloop.run(run_gateway(config_path))
         except ConfigError as exc:
