@@ -9,7 +9,6 @@ store when there is one, so several nodes count together).
 from __future__ import annotations
 
 import logging
-import math
 from typing import ClassVar
 
 from pydantic import BaseModel
@@ -18,16 +17,15 @@ from bastion.errors.codes import (
     AUTH_CREDENTIALS_IN_QUERY,
     AUTH_CREDENTIALS_INVALID,
     AUTH_CREDENTIALS_MISSING,
-    AUTH_TOO_MANY_FAILURES,
     AUTH_UNAVAILABLE,
 )
 from bastion.identity.authenticator import AuthFailure, KeyAuthenticator
 from bastion.identity.principal import Principal
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
+from bastion.policies.failed_auth import FailedAuthBrake
 from bastion.policies.key_auth.config import KeyAuthConfig
-from bastion.ratelimit.algorithms import Algorithm, RuleSpec
-from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore
+from bastion.ratelimit.store import MemoryCounterStore
 from bastion.storage.identity_store import StoreUnavailable
 
 log = logging.getLogger("bastion.auth")
@@ -68,11 +66,9 @@ class KeyAuthPolicy(BasePolicy):
         self._consumer_header = config.forward_consumer_header
         self._consumer_name_header = config.forward_consumer_name_header
         counters = services.extras.get("counters")
-        self._counters: CounterStore = counters if counters is not None else MemoryCounterStore()
-        failed = config.failed_auth
-        self._failure_rule = RuleSpec(Algorithm.SLIDING_WINDOW, failed.max_failures, failed.window)
-        self._block_seconds = failed.block
-        self._blocked: dict[str, float] = {}
+        self._brake = FailedAuthBrake(config.failed_auth,
+                                      counters if counters is not None else MemoryCounterStore(),
+                                      counter_prefix="authfail", credential="credentials")
 
     def _presented(self, ctx: RequestContext) -> str | None:
         for name, value in ctx.headers.items:
@@ -93,15 +89,9 @@ class KeyAuthPolicy(BasePolicy):
 
     def _before_lookup(self, ctx: RequestContext, now: float) -> Reject | str:
         """Refusals that need no lookup, or the presented credential."""
-        if self._blocked:
-            until = self._blocked.get(ctx.client_ip)
-            if until is not None:
-                if now < until:
-                    return Reject(AUTH_TOO_MANY_FAILURES,
-                                  "Too many invalid credentials from your address; try again later.",
-                                  {"Retry-After": str(math.ceil(until - now))},
-                                  log_reason="client address blocked after repeated invalid credentials")
-                del self._blocked[ctx.client_ip]
+        blocked = self._brake.refusal(ctx.client_ip, lambda: now)
+        if blocked is not None:
+            return blocked
         if credentials_in_query(ctx.query):
             return Reject(AUTH_CREDENTIALS_IN_QUERY,
                           "Credentials are never accepted in the URL. Send the API key in the "
@@ -151,24 +141,12 @@ class KeyAuthPolicy(BasePolicy):
                           {"Retry-After": "1"}, log_reason="identity store unavailable")
         if isinstance(result, AuthFailure):
             ctx.strip_upstream_headers.update(("authorization", self._header))
-            await self._count_failure(ctx.client_ip, now)
+            await self._brake.count_failure(ctx.client_ip, now)
             reason = result.reason if result.key_id is None else f"{result.reason} (key {result.key_id})"
             return Reject(AUTH_CREDENTIALS_INVALID, "The credential was not accepted.",
                           {"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'}, log_reason=reason)
         self._accept(ctx, result)
         return None
-
-    async def _count_failure(self, client_ip: str, now: float) -> None:
-        try:
-            decision = await self._counters.hit(f"authfail:{client_ip}", self._failure_rule, 1, now)
-        except CounterStoreError:
-            return  # the failure counter is a brake, not a gate: the credential was refused anyway
-        if not decision.allowed:
-            if len(self._blocked) >= _MAX_BLOCKED:
-                self._blocked.clear()
-            self._blocked[client_ip] = now + self._block_seconds
-            log.warning("blocking %s for %.0f s after repeated invalid credentials", client_ip,
-                        self._block_seconds)
 
 
 def _build(config: BaseModel, services: PolicyServices) -> BasePolicy:

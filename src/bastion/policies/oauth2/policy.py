@@ -12,7 +12,6 @@ Addresses that send many invalid tokens are blocked for a while, like key-auth's
 from __future__ import annotations
 
 import logging
-import math
 import re
 from typing import ClassVar
 from urllib.parse import quote
@@ -23,7 +22,6 @@ from bastion.errors.codes import (
     AUTH_CREDENTIALS_IN_QUERY,
     AUTH_CREDENTIALS_INVALID,
     AUTH_CREDENTIALS_MISSING,
-    AUTH_TOO_MANY_FAILURES,
     AUTH_UNAVAILABLE,
 )
 from bastion.identity.principal import Principal
@@ -31,10 +29,10 @@ from bastion.oauth.contracts import TokenFailure
 from bastion.oauth.resource import TokenValidator
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
+from bastion.policies.failed_auth import FailedAuthBrake
 from bastion.policies.key_auth.policy import credentials_in_query
 from bastion.policies.oauth2.config import OAuth2Config
-from bastion.ratelimit.algorithms import Algorithm, RuleSpec
-from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore
+from bastion.ratelimit.store import MemoryCounterStore
 
 log = logging.getLogger("bastion.auth")
 
@@ -86,11 +84,9 @@ class OAuth2Policy(BasePolicy):
         # The token never goes upstream, nor do client-sent copies of the identity headers.
         self._strip = frozenset({"authorization", *(h for h in forwarded if h)})
         counters = services.extras.get("counters")
-        self._counters: CounterStore = counters if counters is not None else MemoryCounterStore()
-        failed = config.failed_auth
-        self._failure_rule = RuleSpec(Algorithm.SLIDING_WINDOW, failed.max_failures, failed.window)
-        self._block_seconds = failed.block
-        self._blocked: dict[str, float] = {}
+        self._brake = FailedAuthBrake(config.failed_auth,
+                                      counters if counters is not None else MemoryCounterStore(),
+                                      counter_prefix="oauthfail", credential="tokens")
         self._forwarded: dict[int, tuple[Principal, dict[str, str]]] = {}
 
     # -- the credential ----------------------------------------------------------------------------
@@ -115,16 +111,9 @@ class OAuth2Policy(BasePolicy):
 
     def _before_lookup(self, ctx: RequestContext) -> Reject | str:
         """Refusals that need no validation, or the presented token."""
-        if self._blocked:
-            until = self._blocked.get(ctx.client_ip)
-            if until is not None:
-                now = self._clock()
-                if now < until:
-                    return Reject(AUTH_TOO_MANY_FAILURES,
-                                  "Too many invalid credentials from your address; try again later.",
-                                  {"Retry-After": str(math.ceil(until - now))},
-                                  log_reason="client address blocked after repeated invalid tokens")
-                del self._blocked[ctx.client_ip]
+        blocked = self._brake.refusal(ctx.client_ip, self._clock)
+        if blocked is not None:
+            return blocked
         if ctx.query and credentials_in_query(ctx.query):
             return Reject(AUTH_CREDENTIALS_IN_QUERY,
                           "Access tokens are never accepted in the URL. Send the token in the "
@@ -204,20 +193,9 @@ class OAuth2Policy(BasePolicy):
             log.error("token could not be checked, refusing request %s: %s", ctx.request_id, result.reason)
             return Reject(AUTH_UNAVAILABLE, "The access token cannot be checked right now; retry shortly.",
                           {"Retry-After": "5"}, log_reason=result.reason)
-        await self._count_failure(ctx.client_ip, self._clock())
+        await self._brake.count_failure(ctx.client_ip, self._clock())
         return Reject(AUTH_CREDENTIALS_INVALID, "The access token was not accepted.",
                       {"WWW-Authenticate": INVALID_TOKEN_CHALLENGE}, log_reason=result.reason)
-
-    async def _count_failure(self, client_ip: str, now: float) -> None:
-        try:
-            decision = await self._counters.hit(f"oauthfail:{client_ip}", self._failure_rule, 1, now)
-        except CounterStoreError:
-            return  # the failure counter is a brake, not a gate: the token was refused anyway
-        if not decision.allowed:
-            if len(self._blocked) >= _MAX_BLOCKED:
-                self._blocked.clear()
-            self._blocked[client_ip] = now + self._block_seconds
-            log.warning("blocking %s for %.0f s after repeated invalid tokens", client_ip, self._block_seconds)
 
 
 def _build(config: BaseModel, services: PolicyServices) -> BasePolicy:
