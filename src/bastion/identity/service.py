@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,6 +24,7 @@ from bastion.config.loader import resolve_secret
 from bastion.config.model import GatewayConfig
 from bastion.identity.authenticator import KeyAuthenticator
 from bastion.identity.keys import KeyHasher
+from bastion.storage.broadcast import Broadcast
 from bastion.storage.engine import create_engine
 from bastion.storage.identity_store import IdentityStore, StoreUnavailable
 from bastion.storage.migrate import current_revision, head_revision, migrate
@@ -107,7 +107,8 @@ class IdentityService:
         self.authenticator = KeyAuthenticator(self.store, self.hasher, monotonic=time.monotonic,
                                               cache_ttl=settings.cache_ttl)
         self._tasks: list[asyncio.Task[None]] = []
-        self._redis: Any = None
+        self._broadcast = Broadcast(settings.redis_url, CHANGES_CHANNEL, what="identity change") \
+            if settings.redis_url else None
         self._last_seq = 0
 
     async def prepare(self) -> None:
@@ -130,8 +131,8 @@ class IdentityService:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._poll_changes()))
         self._tasks.append(loop.create_task(self._flush_last_used_forever()))
-        if self.settings.redis_url:
-            self._tasks.append(loop.create_task(self._listen_broadcast()))
+        if self._broadcast is not None:
+            self._tasks.append(loop.create_task(self._broadcast.listen(self._on_broadcast, self._on_subscribed)))
 
     async def _poll_changes(self) -> None:
         while True:
@@ -157,43 +158,18 @@ class IdentityService:
             except StoreUnavailable:
                 log.warning("could not record last use of %d keys (identity store unavailable)", len(batch))
 
-    async def _redis_client(self) -> Any:
-        if self._redis is None:
-            import redis.asyncio as redis_asyncio  # imported when configured: it is slow to import
+    async def _on_subscribed(self) -> None:
+        self.authenticator.invalidate()  # messages may have been missed while disconnected
 
-            self._redis = redis_asyncio.Redis.from_url(self.settings.redis_url or "", socket_timeout=None,
-                                                       socket_connect_timeout=1.0, retry=None)
-        return self._redis
-
-    async def _listen_broadcast(self) -> None:
-        while True:
-            try:
-                client = await self._redis_client()
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(CHANGES_CHANNEL)
-                self.authenticator.invalidate()  # messages may have been missed while disconnected
-                async for message in pubsub.listen():
-                    data = message.get("data")
-                    key_id = data.decode() if isinstance(data, bytes) else "*"
-                    self.authenticator.invalidate(None if key_id in ("", "*") else key_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("identity change broadcast unavailable (%s); relying on the 1 s poll",
-                            type(exc).__name__)
-                await asyncio.sleep(1.0)
+    async def _on_broadcast(self, data: object) -> None:
+        key_id = data.decode() if isinstance(data, bytes) else "*"
+        self.authenticator.invalidate(None if key_id in ("", "*") else key_id)
 
     async def announce_change(self, key_id: str | None = None) -> None:
         """After a committed change: this node forgets now, other nodes through Redis (or the poll)."""
         self.authenticator.invalidate(key_id)
-        if not self.settings.redis_url:
-            return
-        try:
-            client = await self._redis_client()
-            async with asyncio.timeout(0.5):
-                await client.publish(CHANGES_CHANNEL, key_id or "*")
-        except Exception as exc:
-            log.warning("could not broadcast an identity change (%s)", type(exc).__name__)
+        if self._broadcast is not None:
+            await self._broadcast.publish(key_id or "*")
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -203,7 +179,6 @@ class IdentityService:
                 await task
         self._tasks.clear()
         await self.flush_last_used()
-        if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.aclose()
+        if self._broadcast is not None:
+            await self._broadcast.close()
         await self.store.engine.dispose()

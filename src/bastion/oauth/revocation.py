@@ -20,9 +20,10 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 from bastion.oauth.server.store import OAuthStore, StoreUnavailable
+from bastion.storage.broadcast import Broadcast
 
 __all__ = ["CHANNEL", "RevocationList"]
 
@@ -39,7 +40,6 @@ _MAX_MESSAGE_BYTES = 1 << 20
 # capped, so a bogus message cannot pin entries in memory forever.
 _MAX_TOKEN_LIFETIME = 86400.0 + 300.0
 _MAX_JTI = 128
-_PUBLISH_TIMEOUT = 0.5
 
 
 class RevocationList:
@@ -50,16 +50,14 @@ class RevocationList:
                  on_keys_changed: Callable[[], Awaitable[None]] | None = None, channel: str = CHANNEL,
                  poll_interval: float = POLL_INTERVAL, key_reload_interval: float = KEY_RELOAD_INTERVAL) -> None:
         self._store = store
-        self._redis_url = redis_url or None
+        self._broadcast = Broadcast(redis_url, channel, what="OAuth revocation or key change") if redis_url else None
         self._wall_clock = wall_clock
         self._on_keys_changed = on_keys_changed
-        self._channel = channel
         self._poll_interval = poll_interval
         self._key_reload_interval = key_reload_interval
         self._revoked: dict[str, float] = {}  # jti -> the token's expiry (POSIX seconds)
         self._cursor = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._redis: Any = None
 
     def __len__(self) -> int:
         return len(self._revoked)
@@ -110,8 +108,8 @@ class RevocationList:
             self._on_keys_changed = on_keys_changed
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._poll_forever()))
-        if self._redis_url:
-            self._tasks.append(loop.create_task(self._listen_forever()))
+        if self._broadcast is not None:
+            self._tasks.append(loop.create_task(self._broadcast.listen(self._handle, self._catch_up)))
 
     async def close(self) -> None:
         """Stop the background tasks and the Redis connection (the store's engine belongs to its owner)."""
@@ -121,10 +119,8 @@ class RevocationList:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.aclose()
-            self._redis = None
+        if self._broadcast is not None:
+            await self._broadcast.close()
 
     async def _poll_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -170,43 +166,9 @@ class RevocationList:
         except Exception as exc:  # a failed reload keeps the keys already loaded
             log.warning("could not reload the signing keys (%s)", type(exc).__name__)
 
-    async def _redis_client(self) -> Any:
-        if self._redis is None:
-            import redis.asyncio as redis_asyncio  # imported when configured: it is slow to import
-
-            self._redis = redis_asyncio.Redis.from_url(self._redis_url or "", socket_timeout=None,
-                                                       socket_connect_timeout=1.0, retry=None)
-        return self._redis
-
     async def _publish(self, payload: bytes) -> None:
-        if not self._redis_url:
-            return
-        try:
-            client = await self._redis_client()
-            async with asyncio.timeout(_PUBLISH_TIMEOUT):
-                await client.publish(self._channel, payload)
-        except Exception as exc:  # the other nodes' poll is the safety net
-            log.warning("could not broadcast an OAuth revocation or key change (%s)", type(exc).__name__)
-
-    async def _listen_forever(self) -> None:
-        while True:
-            try:
-                client = await self._redis_client()
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                try:
-                    await pubsub.subscribe(self._channel)
-                    await self._catch_up()  # messages published while we were not subscribed are in the store
-                    async for message in pubsub.listen():
-                        await self._handle(message.get("data"))
-                finally:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("OAuth revocation broadcast unavailable (%s); relying on the 1 s poll",
-                            type(exc).__name__)
-                await asyncio.sleep(1.0)
+        if self._broadcast is not None:
+            await self._broadcast.publish(payload)
 
     async def _catch_up(self) -> None:
         with contextlib.suppress(StoreUnavailable):
