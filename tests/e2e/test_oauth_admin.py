@@ -133,7 +133,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterato
             identity.role(READER_ROLE, ["orders:read"])
             oauth_env = OAuthEnv(gateway, identity, store, http, _callers(identity), [])
             yield oauth_env
-            _assert_secrets_nowhere_else(oauth_env)
+            if oauth_env.secrets:  # under -n 2 a worker may run only tests that hand out no secret
+                _assert_secrets_nowhere_else(oauth_env)
     finally:
         gateway.stop()
 
@@ -149,7 +150,6 @@ def near(value: str, expected: datetime, tolerance: timedelta = timedelta(minute
 def _assert_secrets_nowhere_else(env: OAuthEnv) -> None:
     """Client secrets live in the one answer that handed them out: not in the logs, the audit log or the
     database files (only keyed hashes are stored)."""
-    assert env.secrets, "the tests handed out no secret"
     data_dir = env.gateway.config_path.parent / ".bastion"
     stored = b"".join(path.read_bytes() for path in data_dir.glob("bastion.db*"))
     audit = env.call("GET", f"{V1}/audit", params={"limit": 1000}).text

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bastion import __version__
-from bastion.admin import schemas
+from bastion.admin import oauth_cutoff, schemas
 from bastion.admin.authn import Permission, authenticate, is_admin, roles_with
 from bastion.admin.calls import (
     JSON,
@@ -45,6 +45,7 @@ from bastion.storage.identity_store import (
     UNSET,
     ApiKeyRecord,
     Conflict,
+    ConsumerStatus,
     InvalidRequest,
     NotFound,
     StoreUnavailable,
@@ -133,13 +134,21 @@ async def update_consumer(call: Call) -> Response:
         admin_role=given("admin_role"), metadata=given("metadata"), allowed_cidrs=given("allowed_cidrs"),
         plan=given("plan"))
     await call.identity.announce_change(None)  # status, roles and CIDRs are cached with each of its keys
+    oauth = call.services.oauth
+    if "status" in sent and updated.status is not ConsumerStatus.ACTIVE and oauth is not None:
+        # Its clients' access tokens are JWTs that would otherwise work until they expire.
+        await oauth_cutoff.cut_off_consumer(oauth.store, oauth.revocations, updated.id)
     return json_response(schemas.ConsumerOut.of(updated))
 
 
 async def delete_consumer(call: Call) -> Response:
     consumer = await consumer_by_ref(call, call.param("consumer"))
     guard_admin_consumer(call, consumer)
-    await call.store.delete_consumer(consumer.id, actor=call.actor())
+    oauth = call.services.oauth
+    if oauth is None:
+        await call.store.delete_consumer(consumer.id, actor=call.actor())
+    else:
+        await oauth_cutoff.delete_consumer(call.store, oauth.store, oauth.revocations, consumer, actor=call.actor())
     await call.identity.announce_change(None)
     return Response(status_code=204)
 
@@ -283,9 +292,11 @@ ROUTES: Final[tuple[AdminRoute, ...]] = (
                P.CONSUMERS_WRITE, create_consumer, 201, schemas.ConsumerCreate, schemas.ConsumerOut),
     AdminRoute("GET", f"{PREFIX}/consumers/{{consumer}}", "getConsumer", "Show a consumer (by id or name).",
                "consumers", P.CONSUMERS_READ, get_consumer, response_model=schemas.ConsumerOut),
-    AdminRoute("PATCH", f"{PREFIX}/consumers/{{consumer}}", "updateConsumer", "Change some of a consumer's fields.",
-               "consumers", P.CONSUMERS_WRITE, update_consumer, 200, schemas.ConsumerUpdate, schemas.ConsumerOut),
-    AdminRoute("DELETE", f"{PREFIX}/consumers/{{consumer}}", "deleteConsumer", "Delete a consumer and its keys.",
+    AdminRoute("PATCH", f"{PREFIX}/consumers/{{consumer}}", "updateConsumer",
+               "Change some of a consumer's fields (disabling it revokes its OAuth clients' tokens).", "consumers",
+               P.CONSUMERS_WRITE, update_consumer, 200, schemas.ConsumerUpdate, schemas.ConsumerOut),
+    AdminRoute("DELETE", f"{PREFIX}/consumers/{{consumer}}", "deleteConsumer",
+               "Delete a consumer with its keys and OAuth clients (their tokens are revoked first, on every node).",
                "consumers", P.CONSUMERS_WRITE, delete_consumer, 204),
     AdminRoute("GET", f"{PREFIX}/roles", "listRoles", "List RBAC roles.", "roles", P.ROLES_READ, list_roles,
                response_model=schemas.RoleList),

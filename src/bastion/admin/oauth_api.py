@@ -13,6 +13,7 @@ from typing import Final
 
 from starlette.responses import Response
 
+from bastion.admin import oauth_cutoff
 from bastion.admin.authn import Permission
 from bastion.admin.calls import (
     MAX_PAGE,
@@ -113,6 +114,10 @@ async def update_client(call: Call) -> Response:
         scopes=body.scopes if "scopes" in sent else None,
         redirect_uris=body.redirect_uris if "redirect_uris" in sent else None,
         status=body.status if "status" in sent else None)
+    if "status" in sent and updated.status == "disabled":
+        # Disabling stops new tokens; the access tokens it holds are JWTs that would work until they expire.
+        oauth = call.oauth
+        await oauth_cutoff.cut_off_client(oauth.store, oauth.revocations, updated.client_id)
     return json_response(OAuthClientOut.of(updated))
 
 
@@ -168,8 +173,9 @@ OAUTH_ROUTES: Final[tuple[AdminRoute, ...]] = (
                "oauth-clients", P.OAUTH_CLIENTS_WRITE, create_client, 201, OAuthClientCreate, IssuedOAuthClient),
     AdminRoute("GET", f"{CLIENTS}/{{client_id}}", "getOAuthClient", "Show an OAuth client.", "oauth-clients",
                P.OAUTH_CLIENTS_READ, get_client, response_model=OAuthClientOut),
-    AdminRoute("PATCH", f"{CLIENTS}/{{client_id}}", "updateOAuthClient", "Change some of a client's fields.",
-               "oauth-clients", P.OAUTH_CLIENTS_WRITE, update_client, 200, OAuthClientUpdate, OAuthClientOut),
+    AdminRoute("PATCH", f"{CLIENTS}/{{client_id}}", "updateOAuthClient",
+               "Change some of a client's fields (disabling it revokes its tokens on every node).", "oauth-clients",
+               P.OAUTH_CLIENTS_WRITE, update_client, 200, OAuthClientUpdate, OAuthClientOut),
     AdminRoute("POST", f"{CLIENTS}/{{client_id}}/rotate-secret", "rotateOAuthClientSecret",
                "Issue a new client secret (shown once); the old one keeps working for the overlap.",
                "oauth-clients", P.OAUTH_CLIENTS_WRITE, rotate_client_secret, 200, OAuthSecretRotate,

@@ -346,7 +346,8 @@ def consumers_create(connection: Connection, name: str, roles: tuple[str, ...], 
 @click.option("--no-allow", is_flag=True, help="Allow any client address again.")
 @click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Replace the metadata (repeatable).")
 @click.option("--no-metadata", is_flag=True, help="Remove all metadata.")
-@click.option("--enable/--disable", "enable", default=None, help="Enable or disable the consumer.")
+@click.option("--enable/--disable", "enable", default=None,
+              help="Enable or disable the consumer (disabling revokes its OAuth clients' tokens).")
 @connection_options
 def consumers_update(connection: Connection, ref: str, name: str | None, roles: tuple[str, ...], no_roles: bool,
                      admin_role: str | None, plan: str | None, no_plan: bool, allowed_cidrs: tuple[str, ...],
@@ -390,7 +391,7 @@ def consumers_update(connection: Connection, ref: str, name: str | None, roles: 
 @click.argument("ref", metavar="NAME_OR_ID")
 @connection_options
 def consumers_delete(connection: Connection, ref: str) -> None:
-    """Delete a consumer and all its keys."""
+    """Delete a consumer with all its keys and OAuth clients (their tokens are revoked first)."""
 
     async def go(backend: Backend) -> None:
         consumer = await backend.find_consumer(ref)
@@ -398,7 +399,8 @@ def consumers_delete(connection: Connection, ref: str) -> None:
         if connection.as_json:
             emit_json(consumer)
         else:
-            click.echo(f"Deleted consumer {consumer.get('name')!r} ({consumer.get('id')}) and its keys.")
+            click.echo(f"Deleted consumer {consumer.get('name')!r} ({consumer.get('id')}) with its keys and OAuth "
+                       f"clients.")
 
     _run(connection, go)
 

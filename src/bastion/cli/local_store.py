@@ -2,6 +2,8 @@
 
 Every change is audited as ``cli:<os user>`` and announced afterwards, so running gateways drop cached keys
 at once when Redis is configured (they also notice any change within a second by polling the audit log).
+Disabling or deleting a consumer also revokes its OAuth clients' tokens: written to the revocation table the
+gateways poll every second, and broadcast through Redis when configured.
 """
 
 from __future__ import annotations
@@ -16,11 +18,21 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from bastion.admin import oauth_cutoff
 from bastion.cli.backend import CliError, NotFoundError, Record, looks_like_id, root_cause, to_json
 from bastion.config.loader import ConfigError, load_config
 from bastion.identity.service import IdentityService, IdentitySettings, IdentitySetupError, identity_settings
+from bastion.oauth.revocation import RevocationList
+from bastion.oauth.server.store import OAuthStore
 from bastion.storage.engine import DatabaseUrlError
-from bastion.storage.identity_store import ApiKeyRecord, AuditActor, IdentityError, NotFound, StoreUnavailable
+from bastion.storage.identity_store import (
+    ApiKeyRecord,
+    AuditActor,
+    ConsumerStatus,
+    IdentityError,
+    NotFound,
+    StoreUnavailable,
+)
 from bastion.storage.migrate import current_revision, head_revision, migrate
 
 _PAGE = 1000
@@ -103,19 +115,29 @@ async def open_local(config_path: Path, *, migrate_first: bool = False) -> Async
             service = IdentityService(settings)
         except OSError as exc:
             raise CliError(f"the identity store cannot be opened: {root_cause(exc)}") from exc
+        backend: LocalBackend | None = None
         try:
             await service.prepare()
-            yield LocalBackend(service, AuditActor(f"cli:{os_user()}"[:200]))
+            backend = LocalBackend(service, AuditActor(f"cli:{os_user()}"[:200]))
+            yield backend
         finally:
+            if backend is not None:
+                with contextlib.suppress(Exception):
+                    await backend.revocations.close()
             with contextlib.suppress(Exception):
                 await service.close()
 
 
 class LocalBackend:
-    def __init__(self, service: IdentityService, actor: AuditActor) -> None:
+    def __init__(self, service: IdentityService, actor: AuditActor, *, oauth: OAuthStore | None = None,
+                 revocations: RevocationList | None = None) -> None:
         self.service = service
         self.store = service.store
         self.actor = actor
+        # The OAuth tables share the identity store's database; ``revocations`` only writes and broadcasts
+        # here (it is never started, so it neither polls nor listens).
+        self.oauth = oauth or OAuthStore(self.store.engine, service.hasher)
+        self.revocations = revocations or RevocationList(self.oauth, redis_url=service.settings.redis_url)
 
     async def close(self) -> None:
         """Nothing to do: ``open_local`` closes the service."""
@@ -154,11 +176,16 @@ class LocalBackend:
         _check_fields(changes)
         consumer = await self.store.update_consumer(consumer_id, actor=self.actor, **changes)
         await self.service.announce_change(None)  # status, roles or CIDRs may change what its keys may do
+        if "status" in changes and consumer.status is not ConsumerStatus.ACTIVE:
+            await oauth_cutoff.cut_off_consumer(self.oauth, self.revocations, consumer.id)
         result: Record = to_json(consumer)
         return result
 
     async def delete_consumer(self, consumer_id: str) -> None:
-        await self.store.delete_consumer(consumer_id, actor=self.actor)
+        consumer = await self.store.get_consumer(consumer_id)
+        if consumer is None:
+            raise NotFoundError("no such consumer")
+        await oauth_cutoff.delete_consumer(self.store, self.oauth, self.revocations, consumer, actor=self.actor)
         await self.service.announce_change(None)
 
     # -- roles ---------------------------------------------------------------------------------------

@@ -171,7 +171,8 @@ def clients_show(connection: Connection, client_id: str) -> None:
 @click.option("--no-scopes", is_flag=True, help="Take every scope away.")
 @click.option("--redirect-uri", "redirect_uris", multiple=True, help="Replace the redirect URIs (repeatable).")
 @click.option("--no-redirect-uris", is_flag=True, help="Remove every redirect URI.")
-@click.option("--enable/--disable", "enable", default=None, help="Enable or disable the client.")
+@click.option("--enable/--disable", "enable", default=None,
+              help="Enable or disable the client (disabling revokes its tokens).")
 @connection_options
 def clients_update(connection: Connection, client_id: str, name: str | None, grant_types: tuple[str, ...],
                    scopes: tuple[str, ...], no_scopes: bool, redirect_uris: tuple[str, ...], no_redirect_uris: bool,

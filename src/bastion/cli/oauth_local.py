@@ -1,9 +1,9 @@
 """The `bastion oauth` commands' LOCAL mode: the OAuth store in the identity database named by ``-c``.
 
 Changes are audited as ``cli:<os user>`` like the identity verbs. Running gateways learn of them without
-being asked: a deleted client's tokens are in the revocation table they poll every second (and announced
-through Redis when configured), and a signing-key rotation is announced through Redis and otherwise picked
-up by their key reload (every 5 s).
+being asked: the tokens of a deleted or disabled client are in the revocation table they poll every second
+(and announced through Redis when configured), and a signing-key rotation is announced through Redis and
+otherwise picked up by their key reload (every 5 s).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bastion.admin import oauth_cutoff
 from bastion.admin.oauth_schemas import (
     IssuedOAuthClient,
     OAuthClientOut,
@@ -26,9 +27,8 @@ from bastion.cli.backend import CliError, NotFoundError, Record
 from bastion.cli.local_store import LocalBackend, open_local, translated_errors
 from bastion.config.loader import load_config
 from bastion.config.model import AuthorizationServerConfig
-from bastion.oauth.revocation import RevocationList
 from bastion.oauth.server.keys import SigningKeyError, SigningKeys
-from bastion.oauth.server.store import ClientKind, OAuthStore
+from bastion.oauth.server.store import ClientKind
 
 _PAGE = 1000
 _CLIENT_FIELDS = frozenset({"name", "grant_types", "scopes", "redirect_uris", "status"})
@@ -38,21 +38,14 @@ _CLIENT_FIELDS = frozenset({"name", "grant_types", "scopes", "redirect_uris", "s
 async def open_local_oauth(config_path: Path) -> AsyncIterator[LocalOAuthBackend]:
     with translated_errors():
         config, _ = load_config(config_path)
-    async with open_local(config_path) as local:
+    async with open_local(config_path) as local:  # closes ``local.revocations``, which the backend shares
         with translated_errors():
-            backend = LocalOAuthBackend(local, config.oauth.server, config_path)
-            try:
-                yield backend
-            finally:
-                with contextlib.suppress(Exception):
-                    await backend.revocations.close()
+            yield LocalOAuthBackend(local, config.oauth.server, config_path)
 
 
 class LocalOAuthBackend(LocalBackend):
     def __init__(self, local: LocalBackend, server: AuthorizationServerConfig, config_path: Path) -> None:
-        super().__init__(local.service, local.actor)
-        self.oauth = OAuthStore(self.store.engine, self.service.hasher)
-        self.revocations = RevocationList(self.oauth, redis_url=self.service.settings.redis_url)
+        super().__init__(local.service, local.actor, oauth=local.oauth, revocations=local.revocations)
         self._server = server
         self._config_path = config_path
 
@@ -80,6 +73,8 @@ class LocalOAuthBackend(LocalBackend):
         if unknown:  # a programming error, not a user's: the commands build these dicts
             raise ValueError(f"unknown client fields: {sorted(unknown)}")
         client = await self.oauth.update_client(client_id, actor=self.actor, **changes)
+        if changes.get("status") == "disabled":
+            await oauth_cutoff.cut_off_client(self.oauth, self.revocations, client.client_id)
         return OAuthClientOut.of(client).model_dump(mode="json")
 
     async def rotate_client_secret(self, client_id: str, overlap_hours: float | None) -> Record:

@@ -12,6 +12,11 @@ Two kinds of writes, deliberately different:
   PostgreSQL; SQLite writers are serialised by ``BEGIN IMMEDIATE``), so a family revoked by one request
   cannot gain a live token from a concurrent one; revocations are appended under one lock so that their ids
   become visible in order and a poller's cursor never skips one.
+- Revoking all a client holds (its client or consumer was disabled, or is being deleted) is a sweep, not
+  audited itself (the change that called for it is): it first waits for every token write in flight for the
+  client (a row lock on the client, which each such write holds a share of through its foreign key), then
+  revokes what it finds. A token write that comes after checks, once its row is in, whether the client and
+  its consumer are still active, and revokes what it wrote if not: nothing issued around the change escapes.
 
 Secrets, codes and refresh tokens are stored as HMAC digests under the key pepper (``KeyHasher``); the
 plaintext exists only in the response that hands it out.
@@ -30,7 +35,7 @@ from enum import StrEnum
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from bastion.identity.keys import KeyHasher
@@ -91,6 +96,7 @@ _MAX_SECRET_LENGTH = 256
 _MAX_JTI = 128
 _MAX_FAMILY_ID = 64
 _IN_CHUNK = 500
+_FAMILY_CHUNK = 200  # family locks per transaction of a sweep (each one is an entry in PostgreSQL's lock table)
 # PostgreSQL advisory lock keys; any constants distinct from the audit chain's and the migration's.
 _REVOCATION_LOCK = 0x6F61757468526576
 _FAMILY_LOCK_NAMESPACE = b"bastion oauth refresh family\x00"
@@ -251,6 +257,16 @@ class OAuthStore:
             key = int.from_bytes(hashlib.sha256(_FAMILY_LOCK_NAMESPACE + family_id.encode()).digest()[:8], "big",
                                  signed=True)
             await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    async def _client_active(self, connection: AsyncConnection, client_id: str) -> bool:
+        """Whether the client and its consumer are active. Token writes ask after inserting their row: the
+        insert waits for a sweep that holds the client's row (see ``_revoke_clients``), so a status changed
+        before that sweep is seen here."""
+        clients = OAuthClientRow
+        found = (await connection.execute(
+            select(clients.status, ConsumerRow.status).join(ConsumerRow, ConsumerRow.id == clients.consumer_id)
+            .where(clients.client_id == client_id))).first()
+        return found is not None and found[0] == "active" and found[1] == "active"
 
     async def _insert_revocations(self, connection: AsyncConnection, entries: Iterable[tuple[str, datetime]],
                                   now: datetime) -> None:
@@ -506,7 +522,7 @@ class OAuthStore:
     async def save_refresh_token(self, token: str, *, family_id: str, client_id: str, subject: str,
                                  scopes: Sequence[str], family_expires_at: datetime) -> None:
         """The first token of a family. If the family was revoked meanwhile (its code was redeemed again),
-        the token is stored revoked: it will never work."""
+        or the client or its consumer was disabled meanwhile, the token is stored revoked: it will never work."""
         family_id = _family_id(family_id)
         now = self._now()
         values = {
@@ -518,6 +534,8 @@ class OAuthStore:
             await self._lock_family(connection, family_id)
             revoked = await self._family_revoked(connection, family_id)
             await connection.execute(insert(OAuthRefreshTokenRow).values(**values, revoked_at=now if revoked else None))
+            if not revoked and not await self._client_active(connection, client_id):
+                await self._revoke_family(connection, family_id, now)
 
     async def rotate_refresh_token(self, presented: str, replacement: str, *, client_id: str) -> RefreshRotation:
         """Atomic. ``presented`` unused, unrevoked, unexpired and of ``client_id``: it is marked used and
@@ -604,23 +622,84 @@ class OAuthStore:
 
     async def _revoke_family(self, connection: AsyncConnection, family_id: str,
                              now: datetime) -> tuple[tuple[str, datetime], ...]:
-        """The caller holds the family's lock. Code rows are not touched here (see the lock order in
-        ``redeem_authorization_code``): the revoked refresh tokens themselves mark the family revoked."""
+        return await self._revoke_families(connection, (family_id,), now)
+
+    async def _revoke_families(self, connection: AsyncConnection, family_ids: Sequence[str],
+                               now: datetime) -> tuple[tuple[str, datetime], ...]:
+        """The caller holds the families' locks. Code rows are not touched here (see the lock order in
+        ``redeem_authorization_code``): the revoked refresh tokens themselves mark a family revoked."""
         tokens, access = OAuthRefreshTokenRow, OAuthAccessTokenRow
-        await connection.execute(update(tokens).where(tokens.family_id == family_id, tokens.revoked_at.is_(None))
+        families = list(family_ids)
+        await connection.execute(update(tokens).where(tokens.family_id.in_(families), tokens.revoked_at.is_(None))
                                  .values(revoked_at=now))
         revoked = tuple((jti, expires_at) for jti, expires_at in (await connection.execute(
-            select(access.jti, access.expires_at).where(access.family_id == family_id, access.expires_at > now)
+            select(access.jti, access.expires_at).where(access.family_id.in_(families), access.expires_at > now)
             .order_by(access.jti))).all())
         await self._insert_revocations(connection, revoked, now)
         return revoked
 
+    # -- revoking all a client or consumer holds ------------------------------------------------------
+
+    async def revoke_client_tokens(self, client_id: str) -> list[tuple[str, datetime]]:
+        """Revoke everything the client holds: every refresh-token family (with the access tokens recorded
+        for it), every unexpired access token recorded for it, and its unredeemed authorization codes.
+        Returns the access tokens revoked (jti, exp), for the caller to broadcast. Call it after disabling
+        the client (or its consumer): tokens written after that are revoked as they are written. Idempotent;
+        an unknown client holds nothing. Not audited: the change that calls for it is."""
+        if not isinstance(client_id, str):
+            raise InvalidRequest("a client id is a string")
+        return await self._revoke_clients(OAuthClientRow.client_id == client_id)
+
+    async def revoke_consumer_tokens(self, consumer_id: str) -> list[tuple[str, datetime]]:
+        """``revoke_client_tokens`` for every client of the consumer (before the consumer is deleted: its
+        clients and their token records go with it)."""
+        if not isinstance(consumer_id, str):
+            raise InvalidRequest("a consumer id is a string")
+        return await self._revoke_clients(OAuthClientRow.consumer_id == consumer_id)
+
+    async def _revoke_clients(self, which: ColumnElement[bool]) -> list[tuple[str, datetime]]:
+        now = self._now()
+        clients, tokens, access, codes = (OAuthClientRow, OAuthRefreshTokenRow, OAuthAccessTokenRow,
+                                          OAuthAuthorizationCodeRow)
+        owned = select(clients.client_id).where(which)
+        async with self._token_write() as connection:
+            # The barrier: the rows' lock waits for every token write in flight for these clients to commit
+            # (each holds a share lock on its client's row through the foreign key). Any later write sees the
+            # new status and revokes its own token, so the families listed here are all there are.
+            locked = (await connection.execute(
+                select(clients.client_id).where(which).order_by(clients.client_id).with_for_update())).all()
+            if not locked:
+                return []
+            families = sorted((await connection.execute(
+                select(tokens.family_id).where(tokens.client_id.in_(owned), tokens.revoked_at.is_(None),
+                                               tokens.family_expires_at > now).distinct())).scalars().all())
+        revoked: dict[str, datetime] = {}
+        # Families in chunks, each under its families' locks (sorted: two sweeps never wait on each other in a
+        # cycle), so that a rotation in progress either finishes first or finds its family revoked.
+        for start in range(0, len(families), _FAMILY_CHUNK):
+            chunk = families[start:start + _FAMILY_CHUNK]
+            async with self._token_write() as connection:
+                for family_id in chunk:
+                    await self._lock_family(connection, family_id)
+                revoked.update(await self._revoke_families(connection, chunk, now))
+        async with self._token_write() as connection:
+            # Unredeemed codes: a redemption in progress holds its code's row and finishes first; what it
+            # starts is then born revoked (``save_refresh_token``).
+            await connection.execute(delete(codes).where(codes.client_id.in_(owned), codes.used_at.is_(None)))
+            tokens_left = (await connection.execute(
+                select(access.jti, access.expires_at).where(access.client_id.in_(owned), access.expires_at > now)
+            )).all()
+            revoked.update((jti, expires_at) for jti, expires_at in tokens_left)
+            await self._insert_revocations(connection, tokens_left, now)
+        return sorted(revoked.items())
+
     # -- access tokens and revocations ----------------------------------------------------------------
 
     async def record_access_token(self, jti: str, *, client_id: str, family_id: str | None, subject: str,
-                                  expires_at: datetime) -> None:
+                                  expires_at: datetime) -> bool:
         """Remember an issued access token's id, so its family or client can revoke it. A token of a family
-        revoked meanwhile is revoked at once."""
+        revoked meanwhile, or of a client or consumer disabled meanwhile, is revoked at once: then the answer
+        is True (the caller had better not hand it out)."""
         values = {"jti": _jti(jti), "client_id": client_id, "subject": _subject(subject),
                   "family_id": None if family_id is None else _family_id(family_id),
                   "expires_at": _aware(expires_at, "expires_at")}
@@ -631,8 +710,11 @@ class OAuthStore:
                 await self._lock_family(connection, family_id)
                 revoked = await self._family_revoked(connection, family_id)
             await connection.execute(insert(OAuthAccessTokenRow).values(**values))
+            if not revoked:
+                revoked = not await self._client_active(connection, client_id)
             if revoked:
                 await self._insert_revocations(connection, [(jti, expires_at)], now)
+        return revoked
 
     async def revoke_access_token(self, jti: str, *, expires_at: datetime) -> None:
         """Idempotent. The jti stays refused by every node until ``expires_at``."""
