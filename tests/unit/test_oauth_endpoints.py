@@ -787,3 +787,21 @@ def test_tokens_of_a_retired_key_stay_valid_after_rotation(run: Callable[..., No
         assert revoked.status_code == 200 and h.revocations.is_revoked(h.claims(before)["jti"])
 
     run(scenario)
+
+
+def test_a_token_issued_after_its_client_was_cut_off_is_never_handed_out(run: Callable[..., None]) -> None:
+    """The race a token request can lose against a disable: the token is recorded as revoked, and refused."""
+    from bastion.oauth.server.errors import OAuthError
+    from bastion.oauth.server.tokens import AccessTokens
+
+    async def scenario(h: Harness) -> None:
+        registered = await h.register()
+        client = await h.store.get_client(registered.client_id)
+        assert client is not None
+        await h.store.update_client(client.client_id, actor=ACTOR, status="disabled")
+        tokens = AccessTokens(h.store, h.keys, h.server.settings, wall_clock=h.clock)
+        with pytest.raises(OAuthError) as refused:
+            await tokens.issue(client, subject=client.client_id, scopes=["orders:read"], family_id=None)
+        assert refused.value.error == "invalid_grant"
+
+    run(scenario)

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from bastion.config.model import AuthorizationServerConfig, TrustedIssuerConfig
 from bastion.oauth.contracts import TokenFailure
 from bastion.oauth.jwt import JwtVerifier, VerifiedToken, parse_token
-from bastion.oauth.server.errors import json_response
+from bastion.oauth.server.errors import INVALID_GRANT, OAuthError, json_response
 from bastion.oauth.server.keys import SigningKeys
 from bastion.oauth.server.scopes import format_scope
 from bastion.oauth.server.secrets import new_jti
@@ -81,8 +81,10 @@ class AccessTokens:
         token = jwt.encode({"alg": algorithm, "kid": kid, "typ": TOKEN_TYPE}, claims, key, algorithms=[algorithm])
         expires_at = datetime.fromtimestamp(now + ttl, UTC)
         # Recorded before it is handed out: a family revocation must be able to find every token of the family.
-        await self._store.record_access_token(jti, client_id=client.client_id, family_id=family_id, subject=subject,
-                                              expires_at=expires_at)
+        revoked = await self._store.record_access_token(jti, client_id=client.client_id, family_id=family_id,
+                                                        subject=subject, expires_at=expires_at)
+        if revoked:  # the client, its consumer or the family was cut off while this request ran
+            raise OAuthError(INVALID_GRANT, "The grant was revoked while the token was being issued.")
         return IssuedAccessToken(token, jti, ttl, expires_at, tuple(scopes))
 
     def _verifier_for(self, settings: AuthorizationServerConfig) -> JwtVerifier:
