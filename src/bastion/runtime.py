@@ -26,7 +26,7 @@ from bastion.observability.metrics import GatewayMetrics
 from bastion.pipeline.compiled import CompiledConfig
 from bastion.pipeline.compiler import load_and_compile
 from bastion.pipeline.handler import GatewayHandler
-from bastion.pipeline.mount import MountingHandler
+from bastion.pipeline.mount import Mounts
 from bastion.pipeline.policy import PolicyServices
 from bastion.policies import builtin_policy_types
 from bastion.policies.concurrency.policy import SlotTables
@@ -294,19 +294,18 @@ class Runtime:
                 path = str(self.config_path.parent / path)
             self._access_log = AccessLog(path, self.loop)
         gateway = GatewayHandler(self, self.metrics, self._access_log)
-        data_handler: Handler = gateway
         mounts = self.oauth.mounts((server.https.host if server.https.enabled else server.http.host,
                                     server.https.port if server.https.enabled else server.http.port),
                                    gateway.finished)
         if mounts:
-            data_handler = MountingHandler(gateway, mounts)
-        plain_handler: Handler = data_handler
+            gateway.mount(Mounts(mounts))
+        plain_handler: Handler = gateway
         if server.https.enabled:
             files = self._certificate_files(config)
             assert files is not None
             self._tls_context = build_server_context(*files)
             self._tls_files = files
-            await self._listen("https", data_handler, server.https.host, server.https.port, sockets, tls=True)
+            await self._listen("https", gateway, server.https.host, server.https.port, sockets, tls=True)
             if server.http.enabled:
                 redirect_port = server.http.redirect_port or self._listening["https"].sock.getsockname()[1]
                 plain_handler = RedirectHandler(lambda: redirect_port, self._finished_quietly)

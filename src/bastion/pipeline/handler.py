@@ -15,6 +15,7 @@ from bastion.errors.codes import ErrorCode
 from bastion.observability.redaction import redact_query
 from bastion.pipeline.compiled import CompiledConfig, CompiledRoute, IpNetwork
 from bastion.pipeline.context import Headers, RequestContext, ResponseHead
+from bastion.pipeline.mount import Mounts
 from bastion.pipeline.policy import PENDING, Reject
 from bastion.proxy.cluster import Target
 from bastion.proxy.connection import UpstreamConnection
@@ -72,6 +73,11 @@ class GatewayHandler:
         self._trusted_nets: tuple[IpNetwork, ...] = ()  # what the cache was computed for
         self.loop = asyncio.get_event_loop()
         self.metrics = metrics
+        self._mounts: Mounts | None = None
+
+    def mount(self, mounts: Mounts) -> None:
+        """Serve these paths with the gateway's own applications instead of routing them."""
+        self._mounts = mounts
 
     # -- Handler protocol --------------------------------------------------------------------------
     def begin(self, ex: Exchange) -> None:
@@ -79,6 +85,8 @@ class GatewayHandler:
         scratch = ex.scratch
         scratch["config"] = config
         if ex.path_error is not None:
+            return
+        if self._mounts is not None and self._begin_mounted(ex):
             return
         key = (ex.host, ex.method, ex.path)
         cache = config.match_cache
@@ -92,19 +100,27 @@ class GatewayHandler:
         if isinstance(match, Match):
             ex.max_body_bytes = match.target.max_body_bytes
 
-    def current_config(self) -> CompiledConfig:
-        return self._holder.current
-
-    def resolve_client(self, ex: Exchange) -> None:
-        """The client address through the trusted proxies, for requests served by a mounted application."""
-        config = self._holder.current
+    def _begin_mounted(self, ex: Exchange) -> bool:
+        assert self._mounts is not None
+        found = self._mounts.find(ex.path)
+        if found is None:
+            return False
+        label, app = found
+        scratch = ex.scratch
+        scratch["mounted"] = app
+        scratch["route"] = label
+        config: CompiledConfig = scratch["config"]  # type: ignore[assignment]
         if config.trusted_proxies:
             self._apply_trusted_proxies(ex, config)
+        app.begin(ex)
+        return True
 
     def try_fast(self, ex: Exchange) -> bool:
         """Serve the request from the parser callback when nothing has to wait: every policy decides
         synchronously and an idle pooled upstream connection is at hand. A task per request costs more
         than the rest of a proxy hop (measured); anything that must wait continues in a task."""
+        if self._mounts is not None and "mounted" in ex.scratch:
+            return False  # a mounted application runs in a task
         ctx = self._prepare(ex)
         if ctx is None:
             return True  # answered (404, 405, 410, bad path)
@@ -131,6 +147,11 @@ class GatewayHandler:
         return True
 
     async def handle(self, ex: Exchange) -> None:
+        if self._mounts is not None:
+            app = ex.scratch.get("mounted")
+            if app is not None:
+                await app.handle(ex)  # type: ignore[attr-defined]
+                return
         ctx = self._prepare(ex)
         if ctx is None:
             return
@@ -312,8 +333,11 @@ class GatewayHandler:
         client_host = b""
         prior_xff = b""
         extra = ctx.upstream_headers
-        stripped = ctx.strip_upstream_headers
-        drop = connection_tokens(ex.headers) if ex.has_connection_header else frozenset()
+        drop: frozenset[bytes] | set[bytes] = connection_tokens(ex.headers) if ex.has_connection_header \
+            else frozenset()
+        if extra or ctx.strip_upstream_headers:  # names policies set or removed: the client's copies go
+            drop = {*drop, *(n.encode("latin-1") for n in ctx.strip_upstream_headers),
+                    *(n.encode("latin-1") for n in extra)}
         for name, value in ex.headers:
             if name in _NOT_FORWARDED:
                 if name == b"host":
@@ -322,8 +346,6 @@ class GatewayHandler:
                     prior_xff = prior_xff + b", " + value if prior_xff else value
                 continue
             if drop and name in drop:
-                continue
-            if (extra or stripped) and (name.decode("latin-1") in extra or name.decode("latin-1") in stripped):
                 continue
             lines += (name, b": ", value, b"\r\n")
         host = client_host if route.preserve_host else target.host_header_bytes
