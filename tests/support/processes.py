@@ -135,7 +135,9 @@ class Gateway:
     def access_log(self) -> list[dict[str, Any]]:
         if not self.access_log_path.exists():
             return []
-        return [json.loads(line) for line in self.access_log_path.read_text().splitlines() if line.strip()]
+        text = self.access_log_path.read_text()
+        complete = text[:text.rfind("\n") + 1]  # the gateway may be writing the last line right now
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def wait_access_log(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout

@@ -15,7 +15,8 @@ from bastion.oauth.resource import OAuthResourceServer
 from bastion.pipeline.context import Headers, RequestContext
 from bastion.pipeline.policy import PENDING, PolicyServices, Reject
 from bastion.policies.oauth2.config import OAuth2Config
-from bastion.policies.oauth2.policy import OAuth2Policy, header_value
+from bastion.policies.oauth2.policy import OAuth2Policy
+from bastion.proxy.headers import header_value
 from tests.support.test_idp import TestIdP
 
 
@@ -64,11 +65,11 @@ def test_policy_paths_with_a_real_validator(idp: TestIdP) -> None:
             assert policy.try_sync(first) is PENDING  # not verified yet: the async path
             assert await policy.on_request(first) is None
             assert isinstance(first.identity, Principal)
-            assert first.upstream_headers["x-authenticated-subject"] == "user-1"
-            assert {"authorization", "x-authenticated-subject"} <= first.strip_upstream_headers
+            assert b"x-authenticated-subject: user-1\r\n" in first.upstream_lines
+            assert {b"authorization", b"x-authenticated-subject"} <= first.strip_upstream_names
             again = request(("Authorization", f"Bearer {token}"))
             assert policy.try_sync(again) is None  # a cache hit, decided without a task
-            assert again.identity is first.identity and again.upstream_headers == first.upstream_headers
+            assert again.identity is first.identity and again.upstream_lines == first.upstream_lines
             for ctx, code in ((request(), AUTH_CREDENTIALS_MISSING),
                               (request(("Authorization", "Bearer a b")), AUTH_CREDENTIALS_INVALID),
                               (request(("Authorization", f"Bearer {token}"), query=f"access_token={token}"),

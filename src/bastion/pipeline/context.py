@@ -70,6 +70,10 @@ class RequestContext:
     identity: Any = None  # set by authentication policies (later issues)
     upstream_headers: dict[str, str] = field(default_factory=dict)  # added/overridden on the upstream request
     strip_upstream_headers: set[str] = field(default_factory=set)  # lower-case names not sent upstream
+    # The same, prepared once by a policy for its hot path: lower-case names not sent upstream, and header
+    # lines ("name: value\r\n", already encoded) added to the upstream request.
+    strip_upstream_names: frozenset[bytes] = frozenset()
+    upstream_lines: bytes = b""
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the response
     reject_code: str | None = None
     log_reason: str | None = None

@@ -335,6 +335,8 @@ class GatewayHandler:
         extra = ctx.upstream_headers
         drop: frozenset[bytes] | set[bytes] = connection_tokens(ex.headers) if ex.has_connection_header \
             else frozenset()
+        if ctx.strip_upstream_names:
+            drop = drop | ctx.strip_upstream_names if drop else ctx.strip_upstream_names
         if extra or ctx.strip_upstream_headers:  # names policies set or removed: the client's copies go
             drop = {*drop, *(n.encode("latin-1") for n in ctx.strip_upstream_headers),
                     *(n.encode("latin-1") for n in extra)}
@@ -358,6 +360,8 @@ class GatewayHandler:
                   b"\r\n")
         for name_str, value_str in extra.items():
             lines.append(f"{name_str}: {value_str}\r\n".encode("latin-1"))
+        if ctx.upstream_lines:
+            lines.append(ctx.upstream_lines)
         if ctx.body is not None:
             lines += (b"content-length: ", str(len(ctx.body)).encode(), b"\r\n")
         elif ex.content_length is not None:

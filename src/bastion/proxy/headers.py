@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 # Hop-by-hop fields never cross the gateway; Connection may name more.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
@@ -23,3 +25,14 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
         if name == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
     return frozenset(tokens)
+
+
+_SAFE_VISIBLE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_value(value: str) -> str:
+    """Identity values forwarded upstream (claims are the issuer's, names an admin's): control characters
+    and non-ASCII are percent-encoded (UTF-8), so a value can never inject a header line."""
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe=_SAFE_VISIBLE)

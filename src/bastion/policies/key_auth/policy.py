@@ -25,6 +25,7 @@ from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
 from bastion.policies.failed_auth import FailedAuthBrake
 from bastion.policies.key_auth.config import KeyAuthConfig
+from bastion.proxy.headers import header_value
 from bastion.ratelimit.store import MemoryCounterStore
 from bastion.storage.identity_store import StoreUnavailable
 
@@ -33,6 +34,7 @@ log = logging.getLogger("bastion.auth")
 _QUERY_CREDENTIAL_NAMES = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token",
                                      "x-api-key", "auth", "authorization"})
 _CHALLENGE = 'Bearer realm="bastion"'
+_MAX_FORWARDED = 10_000
 _MAX_BLOCKED = 100_000
 
 
@@ -63,8 +65,12 @@ class KeyAuthPolicy(BasePolicy):
         self._clock = services.clock
         self._header = config.header.lower()
         self._header_bytes = self._header.encode("latin-1")
-        self._consumer_header = config.forward_consumer_header
-        self._consumer_name_header = config.forward_consumer_name_header
+        self._consumer_header = (config.forward_consumer_header or "").lower()
+        self._consumer_name_header = (config.forward_consumer_name_header or "").lower()
+        # The key never goes upstream, nor do client-sent copies of the identity headers.
+        self._strip = frozenset(n.encode("latin-1") for n in
+                                ("authorization", self._header, self._consumer_header, self._consumer_name_header) if n)
+        self._forwarded: dict[int, tuple[Principal, bytes]] = {}
         counters = services.extras.get("counters")
         self._brake = FailedAuthBrake(config.failed_auth,
                                       counters if counters is not None else MemoryCounterStore(),
@@ -104,13 +110,27 @@ class KeyAuthPolicy(BasePolicy):
                           {"WWW-Authenticate": _CHALLENGE}, log_reason="no credential")
         return presented
 
+    def _strip_credential(self, ctx: RequestContext) -> None:
+        ctx.strip_upstream_names = ctx.strip_upstream_names | self._strip if ctx.strip_upstream_names \
+            else self._strip
+
     def _accept(self, ctx: RequestContext, principal: Principal) -> None:
-        ctx.strip_upstream_headers.update(("authorization", self._header))
+        self._strip_credential(ctx)
         ctx.identity = principal
-        if self._consumer_header:
-            ctx.upstream_headers[self._consumer_header.lower()] = principal.consumer_id
-        if self._consumer_name_header:
-            ctx.upstream_headers[self._consumer_name_header.lower()] = principal.consumer_name
+        # Cached principals are shared objects: their header lines are encoded once (the entry holds the
+        # principal, so its id stays unique while the entry lives).
+        entry = self._forwarded.get(id(principal))
+        if entry is None or entry[0] is not principal:
+            if len(self._forwarded) >= _MAX_FORWARDED:
+                self._forwarded.clear()
+            lines = ""
+            if self._consumer_header:
+                lines += f"{self._consumer_header}: {header_value(principal.consumer_id)}\r\n"
+            if self._consumer_name_header:
+                lines += f"{self._consumer_name_header}: {header_value(principal.consumer_name)}\r\n"
+            entry = (principal, lines.encode("latin-1"))
+            self._forwarded[id(principal)] = entry
+        ctx.upstream_lines += entry[1]
 
     def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
         """A key the cache knows is decided here, without a task; failures are counted asynchronously."""
@@ -140,7 +160,7 @@ class KeyAuthPolicy(BasePolicy):
             return Reject(AUTH_UNAVAILABLE, "Credentials cannot be checked right now; retry shortly.",
                           {"Retry-After": "1"}, log_reason="identity store unavailable")
         if isinstance(result, AuthFailure):
-            ctx.strip_upstream_headers.update(("authorization", self._header))
+            self._strip_credential(ctx)
             await self._brake.count_failure(ctx.client_ip, now)
             reason = result.reason if result.key_id is None else f"{result.reason} (key {result.key_id})"
             return Reject(AUTH_CREDENTIALS_INVALID, "The credential was not accepted.",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import re
 from typing import ClassVar
-from urllib.parse import quote
 
 from pydantic import BaseModel
 
@@ -32,6 +31,7 @@ from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices
 from bastion.policies.failed_auth import FailedAuthBrake
 from bastion.policies.key_auth.policy import credentials_in_query
 from bastion.policies.oauth2.config import OAuth2Config
+from bastion.proxy.headers import header_value
 from bastion.ratelimit.store import MemoryCounterStore
 
 log = logging.getLogger("bastion.auth")
@@ -41,16 +41,9 @@ INVALID_TOKEN_CHALLENGE = CHALLENGE + ', error="invalid_token"'
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 section 2.1
 _MAX_BLOCKED = 100_000
 _MAX_FORWARDED = 10_000
+_SPACE = (b"", b" ", b"\t")
 # Bastion's own secrets (API keys, client secrets, refresh tokens, authorization codes) by their prefixes.
 _BASTION_SECRETS = ("bst_", "bcs_", "brt_", "bac_")
-_SAFE_VISIBLE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
-
-
-def header_value(value: str) -> str:
-    """Claims are the issuer's, not ours: control characters and non-ASCII are percent-encoded (UTF-8)."""
-    if value.isascii() and value.isprintable():
-        return value
-    return quote(value, safe=_SAFE_VISIBLE)
 
 
 class OAuth2Policy(BasePolicy):
@@ -82,12 +75,12 @@ class OAuth2Policy(BasePolicy):
         forwarded = (self._consumer_header, self._subject_header, self._client_header, self._scopes_header,
                      self._roles_header, self._issuer_header)
         # The token never goes upstream, nor do client-sent copies of the identity headers.
-        self._strip = frozenset({"authorization", *(h for h in forwarded if h)})
+        self._strip = frozenset({b"authorization", *(h.encode("latin-1") for h in forwarded if h)})
         counters = services.extras.get("counters")
         self._brake = FailedAuthBrake(config.failed_auth,
                                       counters if counters is not None else MemoryCounterStore(),
                                       counter_prefix="oauthfail", credential="tokens")
-        self._forwarded: dict[int, tuple[Principal, dict[str, str]]] = {}
+        self._forwarded: dict[int, tuple[Principal, bytes]] = {}
 
     # -- the credential ----------------------------------------------------------------------------
     @staticmethod
@@ -98,6 +91,9 @@ class OAuth2Policy(BasePolicy):
             if name == b"authorization":
                 if found is not None:
                     return ""
+                if value.startswith(b"Bearer ") and value[7:8] not in _SPACE and value[-1:] not in _SPACE:
+                    found = value[7:].decode("latin-1")  # the usual form: no copies but the decode
+                    continue
                 value = value.strip()
                 if value[:7].lower() != b"bearer " or not (token := value[7:].strip()):
                     return None  # another scheme (or no token): not a bearer credential
@@ -129,8 +125,12 @@ class OAuth2Policy(BasePolicy):
         return presented
 
     # -- the outcome -------------------------------------------------------------------------------
+    def _strip_credential(self, ctx: RequestContext) -> None:
+        ctx.strip_upstream_names = ctx.strip_upstream_names | self._strip if ctx.strip_upstream_names \
+            else self._strip
+
     def _accept(self, ctx: RequestContext, principal: Principal) -> None:
-        ctx.strip_upstream_headers.update(self._strip)
+        self._strip_credential(ctx)
         ctx.identity = principal
         # Cached principals are shared objects: their headers are built once. Holding the principal in the
         # entry keeps its id unique for as long as the entry lives.
@@ -140,9 +140,10 @@ class OAuth2Policy(BasePolicy):
                 self._forwarded.clear()
             entry = (principal, self._forwarded_headers(principal))
             self._forwarded[id(principal)] = entry
-        ctx.upstream_headers.update(entry[1])
+        ctx.upstream_lines += entry[1]
 
-    def _forwarded_headers(self, principal: Principal) -> dict[str, str]:
+    def _forwarded_headers(self, principal: Principal) -> bytes:
+        """The identity headers as upstream header lines, encoded once per principal."""
         headers: dict[str, str] = {}
         if self._consumer_header:
             headers[self._consumer_header] = header_value(principal.consumer_id)
@@ -156,7 +157,7 @@ class OAuth2Policy(BasePolicy):
             headers[self._roles_header] = header_value(",".join(principal.roles))
         if self._issuer_header and principal.issuer is not None:
             headers[self._issuer_header] = principal.issuer  # a configured name
-        return headers
+        return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1")
 
     def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
         """A token the cache knows is decided here, without a task."""
@@ -175,7 +176,7 @@ class OAuth2Policy(BasePolicy):
         first = self._before_lookup(ctx)
         if isinstance(first, Reject):
             return first
-        ctx.strip_upstream_headers.update(self._strip)
+        self._strip_credential(ctx)
         if self._validator is None:
             return Reject(AUTH_UNAVAILABLE, "Credentials cannot be checked right now.", {"Retry-After": "1"},
                           log_reason="oauth2 built without the resource server")
