@@ -24,8 +24,8 @@ from bastion.identity.principal import Principal
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
 from bastion.policies.failed_auth import FailedAuthBrake
+from bastion.policies.forwarding import ForwardedIdentity
 from bastion.policies.key_auth.config import KeyAuthConfig
-from bastion.proxy.headers import header_value
 from bastion.ratelimit.store import MemoryCounterStore
 from bastion.storage.identity_store import StoreUnavailable
 
@@ -34,7 +34,6 @@ log = logging.getLogger("bastion.auth")
 _QUERY_CREDENTIAL_NAMES = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token",
                                      "x-api-key", "auth", "authorization"})
 _CHALLENGE = 'Bearer realm="bastion"'
-_MAX_FORWARDED = 10_000
 _MAX_BLOCKED = 100_000
 
 
@@ -65,12 +64,11 @@ class KeyAuthPolicy(BasePolicy):
         self._clock = services.clock
         self._header = config.header.lower()
         self._header_bytes = self._header.encode("latin-1")
-        self._consumer_header = (config.forward_consumer_header or "").lower()
-        self._consumer_name_header = (config.forward_consumer_name_header or "").lower()
         # The key never goes upstream, nor do client-sent copies of the identity headers.
-        self._strip = frozenset(n.encode("latin-1") for n in
-                                ("authorization", self._header, self._consumer_header, self._consumer_name_header) if n)
-        self._forwarded: dict[int, tuple[Principal, bytes]] = {}
+        self._forwarding = ForwardedIdentity(("authorization", self._header), (
+            (config.forward_consumer_header or "", lambda p: p.consumer_id),
+            (config.forward_consumer_name_header or "", lambda p: p.consumer_name),
+        ))
         counters = services.extras.get("counters")
         self._brake = FailedAuthBrake(config.failed_auth,
                                       counters if counters is not None else MemoryCounterStore(),
@@ -110,27 +108,8 @@ class KeyAuthPolicy(BasePolicy):
                           {"WWW-Authenticate": _CHALLENGE}, log_reason="no credential")
         return presented
 
-    def _strip_credential(self, ctx: RequestContext) -> None:
-        ctx.strip_upstream_names = ctx.strip_upstream_names | self._strip if ctx.strip_upstream_names \
-            else self._strip
-
     def _accept(self, ctx: RequestContext, principal: Principal) -> None:
-        self._strip_credential(ctx)
-        ctx.identity = principal
-        # Cached principals are shared objects: their header lines are encoded once (the entry holds the
-        # principal, so its id stays unique while the entry lives).
-        entry = self._forwarded.get(id(principal))
-        if entry is None or entry[0] is not principal:
-            if len(self._forwarded) >= _MAX_FORWARDED:
-                self._forwarded.clear()
-            lines = ""
-            if self._consumer_header:
-                lines += f"{self._consumer_header}: {header_value(principal.consumer_id)}\r\n"
-            if self._consumer_name_header:
-                lines += f"{self._consumer_name_header}: {header_value(principal.consumer_name)}\r\n"
-            entry = (principal, lines.encode("latin-1"))
-            self._forwarded[id(principal)] = entry
-        ctx.upstream_lines += entry[1]
+        self._forwarding.accept(ctx, principal)
 
     def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
         """A key the cache knows is decided here, without a task; failures are counted asynchronously."""
@@ -160,7 +139,7 @@ class KeyAuthPolicy(BasePolicy):
             return Reject(AUTH_UNAVAILABLE, "Credentials cannot be checked right now; retry shortly.",
                           {"Retry-After": "1"}, log_reason="identity store unavailable")
         if isinstance(result, AuthFailure):
-            self._strip_credential(ctx)
+            self._forwarding.strip(ctx)
             await self._brake.count_failure(ctx.client_ip, now)
             reason = result.reason if result.key_id is None else f"{result.reason} (key {result.key_id})"
             return Reject(AUTH_CREDENTIALS_INVALID, "The credential was not accepted.",

@@ -29,9 +29,9 @@ from bastion.oauth.resource import TokenValidator
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
 from bastion.policies.failed_auth import FailedAuthBrake
+from bastion.policies.forwarding import ForwardedIdentity
 from bastion.policies.key_auth.policy import credentials_in_query
 from bastion.policies.oauth2.config import OAuth2Config
-from bastion.proxy.headers import header_value
 from bastion.ratelimit.store import MemoryCounterStore
 
 log = logging.getLogger("bastion.auth")
@@ -40,7 +40,6 @@ CHALLENGE = 'Bearer realm="bastion"'
 INVALID_TOKEN_CHALLENGE = CHALLENGE + ', error="invalid_token"'
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 section 2.1
 _MAX_BLOCKED = 100_000
-_MAX_FORWARDED = 10_000
 _SPACE = (b"", b" ", b"\t")
 # Bastion's own secrets (API keys, client secrets, refresh tokens, authorization codes) by their prefixes.
 _BASTION_SECRETS = ("bst_", "bcs_", "brt_", "bac_")
@@ -66,21 +65,19 @@ class OAuth2Policy(BasePolicy):
             if unknown:
                 raise ValueError(f"unknown issuers {unknown} (configured: {', '.join(sorted(known))})")
         self._clock = services.clock
-        self._consumer_header = (config.forward_consumer_header or "").lower()
-        self._subject_header = (config.forward_subject_header or "").lower()
-        self._client_header = (config.forward_client_id_header or "").lower()
-        self._scopes_header = (config.forward_scopes_header or "").lower()
-        self._roles_header = (config.forward_roles_header or "").lower()
-        self._issuer_header = (config.forward_issuer_header or "").lower()
-        forwarded = (self._consumer_header, self._subject_header, self._client_header, self._scopes_header,
-                     self._roles_header, self._issuer_header)
         # The token never goes upstream, nor do client-sent copies of the identity headers.
-        self._strip = frozenset({b"authorization", *(h.encode("latin-1") for h in forwarded if h)})
+        self._forwarding = ForwardedIdentity(("authorization",), (
+            (config.forward_consumer_header or "", lambda p: p.consumer_id),
+            (config.forward_subject_header or "", lambda p: p.subject),
+            (config.forward_client_id_header or "", lambda p: p.client_id),
+            (config.forward_scopes_header or "", lambda p: " ".join(sorted(p.permissions))),
+            (config.forward_roles_header or "", lambda p: ",".join(p.roles)),
+            (config.forward_issuer_header or "", lambda p: p.issuer),
+        ))
         counters = services.extras.get("counters")
         self._brake = FailedAuthBrake(config.failed_auth,
                                       counters if counters is not None else MemoryCounterStore(),
                                       counter_prefix="oauthfail", credential="tokens")
-        self._forwarded: dict[int, tuple[Principal, bytes]] = {}
 
     # -- the credential ----------------------------------------------------------------------------
     @staticmethod
@@ -125,39 +122,8 @@ class OAuth2Policy(BasePolicy):
         return presented
 
     # -- the outcome -------------------------------------------------------------------------------
-    def _strip_credential(self, ctx: RequestContext) -> None:
-        ctx.strip_upstream_names = ctx.strip_upstream_names | self._strip if ctx.strip_upstream_names \
-            else self._strip
-
     def _accept(self, ctx: RequestContext, principal: Principal) -> None:
-        self._strip_credential(ctx)
-        ctx.identity = principal
-        # Cached principals are shared objects: their headers are built once. Holding the principal in the
-        # entry keeps its id unique for as long as the entry lives.
-        entry = self._forwarded.get(id(principal))
-        if entry is None or entry[0] is not principal:
-            if len(self._forwarded) >= _MAX_FORWARDED:
-                self._forwarded.clear()
-            entry = (principal, self._forwarded_headers(principal))
-            self._forwarded[id(principal)] = entry
-        ctx.upstream_lines += entry[1]
-
-    def _forwarded_headers(self, principal: Principal) -> bytes:
-        """The identity headers as upstream header lines, encoded once per principal."""
-        headers: dict[str, str] = {}
-        if self._consumer_header:
-            headers[self._consumer_header] = header_value(principal.consumer_id)
-        if self._subject_header and principal.subject is not None:
-            headers[self._subject_header] = header_value(principal.subject)
-        if self._client_header and principal.client_id is not None:
-            headers[self._client_header] = header_value(principal.client_id)
-        if self._scopes_header and principal.permissions:
-            headers[self._scopes_header] = header_value(" ".join(sorted(principal.permissions)))
-        if self._roles_header and principal.roles:
-            headers[self._roles_header] = header_value(",".join(principal.roles))
-        if self._issuer_header and principal.issuer is not None:
-            headers[self._issuer_header] = principal.issuer  # a configured name
-        return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1")
+        self._forwarding.accept(ctx, principal)
 
     def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
         """A token the cache knows is decided here, without a task."""
@@ -176,7 +142,7 @@ class OAuth2Policy(BasePolicy):
         first = self._before_lookup(ctx)
         if isinstance(first, Reject):
             return first
-        self._strip_credential(ctx)
+        self._forwarding.strip(ctx)
         if self._validator is None:
             return Reject(AUTH_UNAVAILABLE, "Credentials cannot be checked right now.", {"Retry-After": "1"},
                           log_reason="oauth2 built without the resource server")
