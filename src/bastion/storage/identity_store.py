@@ -201,16 +201,15 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class IdentityStore:
-    """The identity tables behind an AsyncEngine. ``clock`` returns timezone-aware UTC (tests inject it)."""
+class AuditedStore:
+    """Tables behind an AsyncEngine whose changes are audited: read sessions, write transactions that hold
+    the audit chain's lock, and the clock. ``clock`` returns timezone-aware UTC (tests inject it)."""
 
     def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = _utcnow) -> None:
         self._engine = engine
         self._clock = clock
         self._reads = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
         self._writes = async_sessionmaker(writer(engine), expire_on_commit=False, autoflush=False)
-        self._auth_query: Select[*tuple[Any, ...]] | None = None
-        self._auth_engine = single_statement_reader(engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -221,8 +220,6 @@ class IdentityStore:
         if now.tzinfo is None:
             raise ValueError("the clock must return timezone-aware datetimes")
         return now.astimezone(UTC)
-
-    # -- transactions --------------------------------------------------------------------------------
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
@@ -244,6 +241,15 @@ class IdentityStore:
         _check_actor(actor)
         await audit.append(session, actor=actor, action=action, target=target, before=before, after=after,
                            now=now)
+
+
+class IdentityStore(AuditedStore):
+    """Consumers, roles, API keys and the audit log."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+        super().__init__(engine, clock=clock)
+        self._auth_query: Select[*tuple[Any, ...]] | None = None
+        self._auth_engine = single_statement_reader(engine)
 
     # -- consumers -----------------------------------------------------------------------------------
 

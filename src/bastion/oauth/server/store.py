@@ -36,7 +36,7 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from bastion.identity.keys import KeyHasher
 from bastion.oauth.server.secrets import new_client_id, new_client_secret
@@ -44,12 +44,12 @@ from bastion.storage import audit
 from bastion.storage.audit import AuditActor
 from bastion.storage.engine import writer
 from bastion.storage.identity_store import (
+    AuditedStore,
     Conflict,
     IdentityError,
     InvalidRequest,
     NotFound,
     StoreUnavailable,
-    _check_actor,
     _limit,
     _permissions,
     _translated_errors,
@@ -194,44 +194,18 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class OAuthStore:
-    """The OAuth tables behind an AsyncEngine. ``clock`` returns timezone-aware UTC (tests inject it)."""
+class OAuthStore(AuditedStore):
+    """The OAuth tables. Admin changes are audited like IdentityStore's (``_write``); token traffic uses
+    ``_token_write``/``_token_read``, which take no audit lock and write no audit entry."""
 
     def __init__(self, engine: AsyncEngine, hasher: KeyHasher, *,
                  clock: Callable[[], datetime] = _utcnow) -> None:
-        self._engine = engine
+        super().__init__(engine, clock=clock)
         self._hasher = hasher
-        self._clock = clock
         self._writer = writer(engine)
-        self._reads = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-        self._writes = async_sessionmaker(self._writer, expire_on_commit=False, autoflush=False)
         self._postgres = engine.dialect.name == "postgresql"
 
-    @property
-    def engine(self) -> AsyncEngine:
-        return self._engine
-
-    def _now(self) -> datetime:
-        now = self._clock()
-        if now.tzinfo is None:
-            raise ValueError("the clock must return timezone-aware datetimes")
-        return now.astimezone(UTC)
-
     # -- transactions --------------------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncSession]:
-        with _translated_errors():
-            async with self._reads() as session:
-                yield session
-
-    @asynccontextmanager
-    async def _admin_write(self) -> AsyncIterator[AsyncSession]:
-        """An audited write: holds the audit chain's lock, like every IdentityStore write."""
-        with _translated_errors():
-            async with self._writes.begin() as session:
-                await audit.lock_chain(await session.connection())
-                yield session
 
     @asynccontextmanager
     async def _token_write(self) -> AsyncIterator[AsyncConnection]:
@@ -245,12 +219,6 @@ class OAuthStore:
         with _translated_errors():
             async with self._engine.connect() as connection:
                 yield connection
-
-    async def _audit(self, session: AsyncSession, actor: AuditActor, action: str, target: str,
-                     before: dict[str, Any] | None, after: dict[str, Any] | None, now: datetime) -> None:
-        _check_actor(actor)
-        await audit.append(session, actor=actor, action=action, target=target, before=before, after=after,
-                           now=now)
 
     async def _lock_family(self, connection: AsyncConnection, family_id: str) -> None:
         if self._postgres:
@@ -310,7 +278,7 @@ class OAuthStore:
             previous_secret_digest=None, previous_secret_expires_at=None, secret_rotated_at=None,
             created_at=now, updated_at=now,
         )
-        async with self._admin_write() as session:
+        async with self._write() as session:
             if not isinstance(consumer_id, str) or await session.get(ConsumerRow, consumer_id) is None:
                 raise NotFound("no such consumer")
             session.add(row)
@@ -339,7 +307,7 @@ class OAuthStore:
                             redirect_uris: Sequence[str] | None = None, status: str | None = None) -> OAuthClient:
         """Change the fields given (None: keep). The kind of a client never changes."""
         now = self._now()
-        async with self._admin_write() as session:
+        async with self._write() as session:
             row = await _client_row(session, client_id)
             before = _client_snapshot(_client(row))
             if name is not None:
@@ -368,7 +336,7 @@ class OAuthStore:
             raise InvalidRequest("the overlap cannot be negative")
         now = self._now()
         secret = new_client_secret()
-        async with self._admin_write() as session:
+        async with self._write() as session:
             row = await _client_row(session, client_id)
             if row.kind != ClientKind.CONFIDENTIAL.value:
                 raise InvalidRequest("a public client has no secret")
@@ -392,7 +360,7 @@ class OAuthStore:
         """Delete the client with its codes and refresh tokens. Its unexpired access tokens are added to the
         revocation table and returned (jti, exp), for the caller to broadcast."""
         now = self._now()
-        async with self._admin_write() as session:
+        async with self._write() as session:
             # The row lock waits for token writes in flight for this client (their foreign key holds a share
             # lock on it) and makes later ones fail, so no access token escapes the list below.
             row = (await session.scalars(
@@ -779,7 +747,7 @@ class OAuthStore:
         another node did it first)."""
         now = self._now()
         created: list[str] = []
-        async with self._admin_write() as session:
+        async with self._write() as session:
             current = {row.state: row for row in (await session.scalars(
                 select(OAuthSigningKeyRow).where(OAuthSigningKeyRow.state != "retired"))).all()}
             if "active" not in current:
@@ -812,7 +780,7 @@ class OAuthStore:
         if keep_for < timedelta(0):
             raise InvalidRequest("keep_for cannot be negative")
         now = self._now()
-        async with self._admin_write() as session:
+        async with self._write() as session:
             current = {row.state: row for row in (await session.scalars(
                 select(OAuthSigningKeyRow).where(OAuthSigningKeyRow.state != "retired").with_for_update())).all()}
             promoted = current.get("next")
