@@ -69,9 +69,8 @@ class RequestContext:
     path_params: dict[str, str] = field(default_factory=dict)
     identity: Any = None  # set by authentication policies (later issues)
     upstream_headers: dict[str, str] = field(default_factory=dict)  # added/overridden on the upstream request
-    strip_upstream_headers: set[str] = field(default_factory=set)  # lower-case names not sent upstream
-    # The same, prepared once by a policy for its hot path: lower-case names not sent upstream, and header
-    # lines ("name: value\r\n", already encoded) added to the upstream request.
+    # Prepared once by a policy for its hot path (see policies/forwarding.py): lower-case names not sent
+    # upstream, and header lines ("name: value\r\n", already encoded) added to the upstream request.
     strip_upstream_names: frozenset[bytes] = frozenset()
     upstream_lines: bytes = b""
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the response

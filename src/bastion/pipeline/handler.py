@@ -337,9 +337,8 @@ class GatewayHandler:
             else frozenset()
         if ctx.strip_upstream_names:
             drop = drop | ctx.strip_upstream_names if drop else ctx.strip_upstream_names
-        if extra or ctx.strip_upstream_headers:  # names policies set or removed: the client's copies go
-            drop = {*drop, *(n.encode("latin-1") for n in ctx.strip_upstream_headers),
-                    *(n.encode("latin-1") for n in extra)}
+        if extra:  # headers a policy sets replace the client's copies
+            drop = {*drop, *(n.encode("latin-1") for n in extra)}
         for name, value in ex.headers:
             if name in _NOT_FORWARDED:
                 if name == b"host":

@@ -28,11 +28,11 @@ from bastion.errors.codes import FLOW_CONSUMER_REQUIRED, FLOW_LIMIT_EXCEEDED, RA
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
 from bastion.policies.business_flow.config import BusinessFlowConfig, VelocityLimit
-from bastion.policies.counting import LogThrottle, counter_store, run_sync
+from bastion.policies.counting import StoreFailures, counter_store, run_sync
 from bastion.policies.rate_limit.keys import KeyFunction, key_function
 from bastion.policies.rate_limit.policy import describe_period
 from bastion.ratelimit.algorithms import Algorithm, Decision, RuleSpec
-from bastion.ratelimit.failover import UNAVAILABLE_RETRY_AFTER, FailureMode, LocalFallback
+from bastion.ratelimit.failover import UNAVAILABLE_RETRY_AFTER, FailureMode
 from bastion.ratelimit.store import CounterStoreError
 
 log = logging.getLogger("bastion.ratelimit")
@@ -78,14 +78,11 @@ class BusinessFlowPolicy(BasePolicy):
         declared = (("consumer", config.per_consumer), ("address", config.per_address),
                     ("global", config.global_))
         self._limits = tuple(_Limit(flow, scope, limit) for scope, limit in declared if limit is not None)
-        self._failure_mode = config.on_store_failure
-        self._fallback = LocalFallback(config.nodes) if config.on_store_failure is FailureMode.LOCAL else None
+        self._failures = StoreFailures(config.on_store_failure, config.nodes, f"business flow {flow!r}")
         # Client-facing texts name the flow (configuration), never anything from the request.
         self._refused = f"Too many attempts at the business flow '{flow}'; retry after "
         self._consumer_required = (f"The business flow '{flow}' is open to identified consumers only: "
                                    "authenticate and retry.")
-        self._failure_log = LogThrottle()
-        self.store_failures = 0
 
     def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
         if self._memory is None:
@@ -116,9 +113,10 @@ class BusinessFlowPolicy(BasePolicy):
                     # budgets for attempts the narrower limit refuses.
                     decision = await self._store.hit(key, limit.rule, 1, now)
                 except CounterStoreError as exc:
-                    decision = self._store_failed(exc, key, limit.rule, now)
+                    fallback = self._failures.record(exc, now)
+                    decision = fallback.hit(key, limit.rule, 1, now) if fallback is not None else None
                     if decision is None:
-                        if self._failure_mode is FailureMode.CLOSED:
+                        if self._failures.mode is FailureMode.CLOSED:
                             ctx.record(POLICY, "unavailable", flow)
                             return Reject(RATE_LIMIT_UNAVAILABLE, "Limits cannot be checked right now; retry "
                                           "shortly.", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
@@ -137,17 +135,9 @@ class BusinessFlowPolicy(BasePolicy):
         ctx.record(POLICY, "admitted" if checked else "unchecked", flow)
         return None
 
-    def _store_failed(self, exc: CounterStoreError, key: str, rule: RuleSpec, now: float) -> Decision | None:
-        """A decision from the local fallback, or None: refuse (`closed`) or admit unchecked (`open`)."""
-        self.store_failures += 1
-        throttle = self._failure_log
-        if throttle.ready(now):
-            log.warning("business flow %r: counter store failed, failing %s (%d similar not logged): %s",
-                        self._flow, self._failure_mode.value, throttle.suppressed, exc)
-            throttle.suppressed = 0
-        if self._fallback is not None:
-            return self._fallback.hit(key, rule, 1, now)
-        return None
+    @property
+    def store_failures(self) -> int:
+        return self._failures.count
 
 
 def _build(config: BaseModel, services: PolicyServices) -> BasePolicy:

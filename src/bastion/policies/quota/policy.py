@@ -35,11 +35,11 @@ from pydantic import BaseModel
 from bastion.errors.codes import QUOTA_EXCEEDED, RATE_LIMIT_UNAVAILABLE
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
-from bastion.policies.counting import LogThrottle, counter_store, run_sync
+from bastion.policies.counting import StoreFailures, counter_store, run_sync
 from bastion.policies.quota.config import Period, QuotaConfig
 from bastion.policies.rate_limit.keys import key_function
-from bastion.ratelimit.algorithms import Decision, FixedWindow
-from bastion.ratelimit.failover import UNAVAILABLE_RETRY_AFTER, FailureMode, LocalFallback
+from bastion.ratelimit.algorithms import FixedWindow
+from bastion.ratelimit.failover import UNAVAILABLE_RETRY_AFTER, FailureMode
 from bastion.ratelimit.store import CounterStoreError
 
 log = logging.getLogger("bastion.ratelimit")
@@ -90,16 +90,13 @@ class QuotaPolicy(BasePolicy):
         self._key = key_function(f"quota:{site}:{config.period.value}|", [config.key.value])
         self._limit = config.limit
         self._plans = dict(config.plans)
-        self._failure_mode = config.on_store_failure
-        self._fallback = LocalFallback(config.nodes) if config.on_store_failure is FailureMode.LOCAL else None
+        self._failures = StoreFailures(config.on_store_failure, config.nodes, "quota")
         self._adjective = "daily" if config.period is Period.DAY else "monthly"
         # The current period's windows, by plan, rebuilt when the wall clock leaves the period.
         self._start = 0.0
         self._end = -math.inf
         self._base = _Quota(config.limit, 0.0, 1.0, self._adjective)
         self._quotas: dict[str, _Quota] = {}
-        self._failure_log = LogThrottle()
-        self.store_failures = 0
 
     def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
         if self._memory is None:
@@ -123,9 +120,10 @@ class QuotaPolicy(BasePolicy):
             try:
                 decision = await self._store.hit_fixed(key, window, 1, now)
             except CounterStoreError as exc:
-                fallback = self._store_failed(exc, key, window, now)
+                local = self._failures.record(exc, now)
+                fallback = local.hit_fixed(key, window, 1, now) if local is not None else None
                 if fallback is None:
-                    if self._failure_mode is FailureMode.CLOSED:
+                    if self._failures.mode is FailureMode.CLOSED:
                         ctx.record(POLICY, "unavailable", self._site)
                         return Reject(RATE_LIMIT_UNAVAILABLE, "Quotas cannot be checked right now; retry "
                                       "shortly.", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
@@ -155,17 +153,9 @@ class QuotaPolicy(BasePolicy):
         self._base = _Quota(self._limit, start, end, adjective)
         self._quotas = {plan: _Quota(limit, start, end, adjective) for plan, limit in self._plans.items()}
 
-    def _store_failed(self, exc: CounterStoreError, key: str, window: FixedWindow, now: float) -> Decision | None:
-        """A decision from the local fallback, or None: refuse (`closed`) or admit uncounted (`open`)."""
-        self.store_failures += 1
-        throttle = self._failure_log
-        if throttle.ready(now):
-            log.warning("quota: counter store failed, failing %s (%d similar not logged): %s",
-                        self._failure_mode.value, throttle.suppressed, exc)
-            throttle.suppressed = 0
-        if self._fallback is not None:
-            return self._fallback.hit_fixed(key, window, 1, now)
-        return None
+    @property
+    def store_failures(self) -> int:
+        return self._failures.count
 
 
 def _build(config: BaseModel, services: PolicyServices) -> BasePolicy:

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from bastion.errors.codes import RATE_LIMIT_EXCEEDED, RATE_LIMIT_UNAVAILABLE
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
-from bastion.policies.counting import LogThrottle, counter_store, run_sync
+from bastion.policies.counting import LogThrottle, StoreFailures, counter_store, run_sync
 from bastion.policies.rate_limit.config import (
     READ_METHODS,
     LimitConfig,
@@ -40,7 +40,7 @@ from bastion.policies.rate_limit.config import (
 )
 from bastion.policies.rate_limit.keys import KeyFunction, key_function
 from bastion.ratelimit.algorithms import Decision, RuleSpec
-from bastion.ratelimit.failover import UNAVAILABLE_RETRY_AFTER, FailureMode, LocalFallback
+from bastion.ratelimit.failover import UNAVAILABLE_RETRY_AFTER, FailureMode
 from bastion.ratelimit.store import CounterStoreError
 
 log = logging.getLogger("bastion.ratelimit")
@@ -104,8 +104,7 @@ class RateLimitPolicy(BasePolicy):
         # The memory store answers synchronously: calling it directly saves a coroutine per limit.
         self._store, self._memory = counter_store(services)
         self._shadow = config.mode is Mode.SHADOW
-        self._failure_mode = config.on_store_failure
-        self._fallback = LocalFallback(config.nodes) if config.on_store_failure is FailureMode.LOCAL else None
+        self._failures = StoreFailures(config.on_store_failure, config.nodes, "rate-limit")
         site = services.extras.get("policy_site")
         if not isinstance(site, str) or not site:
             site = "cfg-" + hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
@@ -115,8 +114,6 @@ class RateLimitPolicy(BasePolicy):
         self._by_method = {m: reads if m in READ_METHODS else writes for m in _METHODS}
         self._writes = writes  # any other method is a write
         self._shadow_log = LogThrottle()
-        self._failure_log = LogThrottle()
-        self.store_failures = 0  # hits the store could not answer (each handled per on_store_failure)
 
     def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
         """In memory the decision never waits: run ``on_request`` to completion without a task."""
@@ -151,7 +148,7 @@ class RateLimitPolicy(BasePolicy):
                 except CounterStoreError as exc:
                     fallback = self._store_failed(ctx, exc, key, variant.rule, cost, now)
                     if fallback is None:
-                        if self._failure_mode is FailureMode.CLOSED and not self._shadow:
+                        if self._failures.mode is FailureMode.CLOSED and not self._shadow:
                             ctx.record(POLICY, "unavailable", limit.name)
                             return Reject(RATE_LIMIT_UNAVAILABLE, "Rate limits cannot be checked right now; "
                                           "retry shortly.", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
@@ -195,20 +192,19 @@ class RateLimitPolicy(BasePolicy):
     def _store_failed(self, ctx: RequestContext, exc: CounterStoreError, key: str, rule: RuleSpec, cost: int,
                       now: float) -> Decision | None:
         """A decision from the fallback (`local`), or None: refuse (`closed`) or admit unchecked (`open`)."""
-        self.store_failures += 1
         ctx.scratch["rate_limit_store_failed"] = True
-        mode = self._failure_mode
-        throttle = self._failure_log
-        if throttle.ready(now):
-            log.warning("rate-limit counter store failed, failing %s (%d similar not logged): %s",
-                        "local" if self._fallback is not None else mode.value, throttle.suppressed, exc)
-            throttle.suppressed = 0
-        if self._fallback is not None:
+        fallback = self._failures.record(exc, now)
+        if fallback is not None:
             ctx.scratch["rate_limit_local"] = True
-            return self._fallback.hit(key, rule, cost, now)
-        if mode is FailureMode.OPEN or self._shadow:
+            return fallback.hit(key, rule, cost, now)
+        if self._failures.mode is FailureMode.OPEN or self._shadow:
             ctx.scratch["rate_limit_failed_open"] = True
         return None
+
+    @property
+    def store_failures(self) -> int:
+        """Hits the store could not answer (each handled per on_store_failure)."""
+        return self._failures.count
 
 
 def _build(config: BaseModel, services: PolicyServices) -> BasePolicy:
