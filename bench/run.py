@@ -475,7 +475,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"Bastion benchmark {stamp}: median of {args.reps} rep(s), {args.duration:g} s each, "
           f"{args.connections} connections, load generator {kind}"
           + ("" if kind == "wrk" else " (NOT comparable with wrk results)")
-          + f", upstream {report['settings']['upstream']}")
+          + f", upstream {report['settings']['upstream']}, gateway "
+          + ("compiled (mypyc)" if report["versions"]["bastion_native"] else "interpreted"))
     print(render_table(specs, summary))
     noise = render_noise(measurements)
     if noise:
@@ -513,6 +514,7 @@ def build_report(args: argparse.Namespace, tools: dict[str, str | None], nginx: 
             "httptools": package_version("httptools"),
             "bastion": package_version("bastion-gateway"),
             "git_commit": git_commit(),
+            "bastion_native": native_build(),
         },
         "machine": machine,
         "targets": [{"name": s.name, "kind": s.kind, "description": s.description,
@@ -525,6 +527,13 @@ def build_report(args: argparse.Namespace, tools: dict[str, str | None], nginx: 
         "all_bars_pass": all(v["verdict"] == "PASS" for v in judged),
         "noise_warning": render_noise(measurements),
     }
+
+
+def native_build() -> bool:
+    """Whether the gateway runs its mypyc-compiled modules (``make native``) or the interpreted sources."""
+    import bastion.server.http1
+
+    return not (bastion.server.http1.__file__ or "").endswith(".py")
 
 
 def main(argv: list[str] | None = None) -> int:

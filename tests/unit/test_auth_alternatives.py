@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from bastion.errors.codes import AUTH_CREDENTIALS_INVALID, AUTH_CREDENTIALS_MISSING
-from bastion.pipeline.alternatives import FirstRecognized
+from bastion.pipeline.alternatives import FirstRecognized, first_recognized
 from bastion.pipeline.compiler import _chain
 from bastion.pipeline.context import Headers, RequestContext
 from bastion.pipeline.policy import BasePolicy, Pending, Reject, Stage
@@ -84,3 +84,17 @@ def test_no_recognized_credential_gets_the_first_policys_answer() -> None:
     assert isinstance(outcome, Reject)
     assert outcome.code is AUTH_CREDENTIALS_MISSING and outcome.log_reason == "key"
     assert not both.recognizes(ctx_with(other="x"))
+
+
+class BodySigningAuth(HeaderAuth):
+    """An authenticator that must see the whole body first (e.g. a body signature)."""
+
+    needs_body: ClassVar[bool] = True
+
+
+def test_alternatives_read_the_body_when_one_of_them_needs_it() -> None:
+    plain = first_recognized((HeaderAuth("key", "k"), HeaderAuth("token", "t")))
+    assert isinstance(plain, FirstRecognized) and not plain.needs_body
+    signed = first_recognized((HeaderAuth("key", "k"), BodySigningAuth("signature", "s")))
+    assert isinstance(signed, FirstRecognized) and signed.needs_body
+    assert signed.try_sync(ctx_with(signature="s")) is None

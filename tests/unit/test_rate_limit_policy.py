@@ -18,6 +18,7 @@ from bastion.policies.rate_limit.keys import client_prefix
 from bastion.policies.rate_limit.policy import RateLimitPolicy, describe_period
 from bastion.ratelimit.algorithms import Decision, RuleSpec
 from bastion.ratelimit.store import CounterStoreError, MemoryCounterStore
+from tests.support.routes import compiled_route
 
 
 class Clock:
@@ -33,12 +34,6 @@ class Identity:
     consumer_id: str
     credential_id: str
     plan: str | None = None
-
-
-@dataclass
-class Route:
-    name: str = "shop.list"
-    api: str = "shop"
 
 
 class FailingStore:
@@ -80,6 +75,9 @@ def run(coroutine: Coroutine[Any, Any, Reject | None]) -> Reject | None:
     raise AssertionError("on_request suspended on the memory path")
 
 
+ROUTE = compiled_route()
+
+
 def policy(config: dict[str, Any], clock: Clock | None = None, **extras: Any) -> RateLimitPolicy:
     return RateLimitPolicy(RateLimitConfig.model_validate(config), PolicyServices(clock or Clock(), extras))
 
@@ -88,7 +86,7 @@ def request(method: str = "GET", ip: str = "203.0.113.9", headers: dict[str, str
             identity: Identity | None = None) -> RequestContext:
     items = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     ctx = RequestContext(request_id="r1", client_ip=ip, method=method, path="/items", query="", host="api",
-                         headers=Headers(items), tls=True, started=0.0, route=Route(),  # type: ignore[arg-type]
+                         headers=Headers(items), tls=True, started=0.0, route=ROUTE,
                          identity=identity)
     return ctx
 

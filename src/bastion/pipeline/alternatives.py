@@ -25,7 +25,6 @@ class FirstRecognized(BasePolicy):
         if len(policies) < 2:
             raise ValueError("alternatives need at least two policies")
         self.policies = policies
-        self.needs_body = any(p.needs_body for p in policies)  # type: ignore[misc]
 
     def _choose(self, ctx: RequestContext) -> BasePolicy:
         for policy in self.policies:
@@ -41,3 +40,16 @@ class FirstRecognized(BasePolicy):
 
     def recognizes(self, ctx: RequestContext) -> bool:
         return any(p.recognizes(ctx) for p in self.policies)
+
+
+class _FirstRecognizedReadingBody(FirstRecognized):
+    """Alternatives of which one reads the body before deciding: the gateway reads it first."""
+
+    needs_body: ClassVar[bool] = True
+
+
+def first_recognized(policies: tuple[BasePolicy, ...]) -> FirstRecognized:
+    """The alternatives policy for ``policies`` (``needs_body`` is a class attribute, hence two classes)."""
+    if any(policy.needs_body for policy in policies):
+        return _FirstRecognizedReadingBody(policies)
+    return FirstRecognized(policies)

@@ -23,10 +23,11 @@ from bastion.config.loader import (
 )
 from bastion.config.model import ApiConfig, GatewayConfig, PolicyMap, RouteSettings, UpstreamConfig
 from bastion.config.openapi import Operation, OperationSecurity, load_operations
-from bastion.pipeline.alternatives import FirstRecognized
+from bastion.pipeline.alternatives import first_recognized
 from bastion.pipeline.compiled import CompiledConfig, CompiledRoute
 from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType, Stage
-from bastion.policies.authorize.policy import AuthorizeConfig, AuthorizePolicy
+from bastion.policies.authorize.config import AuthorizeConfig
+from bastion.policies.authorize.policy import AuthorizePolicy
 from bastion.proxy.cluster import UpstreamCluster
 from bastion.routing.router import Router, RouteSpec, TemplateError, split_template
 
@@ -97,7 +98,7 @@ def _chain(*levels: Mapping[str, BasePolicy | None],
     if len(authenticators) > 1:
         first = policies.index(authenticators[0])
         policies = [p for p in policies if p not in authenticators]
-        policies.insert(first, FirstRecognized(authenticators))
+        policies.insert(first, first_recognized(authenticators))
     request = tuple(p for p in policies if p.has_request_hook)
     response = tuple(p for p in reversed(policies) if p.has_response_hook)
     return request, response

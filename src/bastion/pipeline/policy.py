@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from mypy_extensions import mypyc_attr
 from pydantic import BaseModel
 
 from bastion.errors.codes import ErrorCode
@@ -71,6 +72,7 @@ class Pending:
 PENDING = Pending()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # policies may come from modules that are not compiled
 class BasePolicy:
     """Convenience base: a policy that overrides only what it needs.
 

@@ -11,24 +11,15 @@ import logging
 import math
 from collections.abc import Callable
 
-from pydantic import Field
-
-from bastion.config.model import Model
 from bastion.errors.codes import AUTH_TOO_MANY_FAILURES
 from bastion.pipeline.policy import Reject
+from bastion.policies.failed_auth_config import FailedAuthConfig
 from bastion.ratelimit.algorithms import Algorithm, RuleSpec
 from bastion.ratelimit.store import CounterStore, CounterStoreError
 
 log = logging.getLogger("bastion.auth")
 
 _MAX_BLOCKED = 100_000
-
-
-class FailedAuthConfig(Model):
-    max_failures: int = Field(10, ge=1, description="Invalid credentials from one client address within "
-                              "`window` before it is blocked.")
-    window: float = Field(60.0, gt=0, description="Seconds over which failures are counted.")
-    block: float = Field(300.0, gt=0, description="Seconds a client address stays blocked (429).")
 
 
 class FailedAuthBrake:

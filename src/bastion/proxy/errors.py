@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class UpstreamError(Exception):
     """Base class. ``before_response`` tells whether any response byte had arrived."""
 
-    retryable_kind = False
+    retryable_kind: ClassVar[bool] = False
 
     def __init__(self, reason: str, *, before_response: bool = True) -> None:
         super().__init__(reason)
@@ -17,7 +19,7 @@ class UpstreamError(Exception):
 class UpstreamConnectError(UpstreamError):
     """Could not connect, or a pooled connection was found closed before any response byte."""
 
-    retryable_kind = True
+    retryable_kind: ClassVar[bool] = True
 
 
 class UpstreamTimeout(UpstreamError):

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 T = TypeVar("T")
 
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_.-]*)\}$")
@@ -21,6 +23,7 @@ class TemplateError(ValueError):
     """A route template that cannot be compiled."""
 
 
+@mypyc_attr(native_class=False)  # mypyc cannot compile generic dataclasses
 @dataclass(frozen=True, slots=True)
 class RouteSpec(Generic[T]):
     path: str
@@ -29,6 +32,7 @@ class RouteSpec(Generic[T]):
     hosts: tuple[str, ...] = ()
 
 
+@mypyc_attr(native_class=False)  # mypyc cannot compile generic dataclasses
 @dataclass(frozen=True, slots=True)
 class Match(Generic[T]):
     target: T
@@ -41,6 +45,7 @@ class MethodNotAllowed:
     allow: tuple[str, ...]
 
 
+@mypyc_attr(native_class=False)  # mypyc cannot compile generic dataclasses
 @dataclass(slots=True)
 class _Leaf(Generic[T]):
     template: str
@@ -48,6 +53,7 @@ class _Leaf(Generic[T]):
     param_names: tuple[str, ...] = ()
 
 
+@mypyc_attr(native_class=False)  # mypyc cannot compile generic dataclasses
 @dataclass(slots=True)
 class _Node(Generic[T]):
     static: dict[str, _Node[T]] = field(default_factory=dict)

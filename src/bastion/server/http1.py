@@ -180,6 +180,22 @@ def new_request_id() -> str:
     return _id_hex[start:start + 24]
 
 
+class _BodyChunks:
+    """``Exchange.iter_body``'s async iterator."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    def __aiter__(self) -> _BodyChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._exchange.next_body_chunk()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+
 class Exchange:
     """One request and its response, as handlers see it."""
 
@@ -283,17 +299,21 @@ class Exchange:
             self._continue_sent = True
             self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    async def iter_body(self) -> AsyncIterator[bytes]:
+    def iter_body(self) -> AsyncIterator[bytes]:
         """Yield the request body (used by local applications)."""
         self.send_continue()
+        return _BodyChunks(self)
+
+    async def next_body_chunk(self) -> bytes | None:
+        """The next request-body chunk, or None at the end of the body."""
         while True:
-            while self._body_buffer:
+            if self._body_buffer:
                 chunk = self._body_buffer.popleft()
                 self._body_buffered -= len(chunk)
                 self._conn.resume_reading_for_body()
-                yield chunk
+                return chunk
             if self.body_complete or not self.body_expected or self.client_gone:
-                return
+                return None
             self._body_waiter = asyncio.get_running_loop().create_future()
             await self._body_waiter
             self._body_waiter = None

@@ -11,21 +11,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from bastion.config.model import Model
 from bastion.errors.codes import AUTH_CREDENTIALS_MISSING, AUTHZ_LEVEL_INSUFFICIENT, AUTHZ_PERMISSION_DENIED
 from bastion.identity.principal import Principal
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType, Reject, Stage
+from bastion.policies.authorize.config import AuthorizeConfig
 
 OAUTH_KINDS = frozenset({"jwt", "opaque-token"})
-
-
-class AuthorizeConfig(Model):
-    permissions: list[str] = Field(default_factory=list, description="Permissions every request needs "
-                                   "(all of them).")
-    admin: bool = Field(False, description="Administrative route: needs an admin-level credential.")
 
 
 class AuthorizePolicy(BasePolicy):

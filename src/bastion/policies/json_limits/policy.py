@@ -36,7 +36,7 @@ _DELTA = [0] * 256
 _DELTA[ord("(")] = 1
 _DELTA[ord(")")] = -1
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # possibly a surrogate escape: check the strings
-_SURROGATE = re.compile("[\ud800-\udfff]")  # after parsing, only unpaired ones remain
+_SURROGATE = re.compile("[" + chr(0xD800) + "-" + chr(0xDFFF) + "]")  # after parsing, only unpaired ones remain
 _CACHE_LIMIT = 256
 
 

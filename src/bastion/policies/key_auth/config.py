@@ -3,7 +3,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from bastion.config.model import Model
-from bastion.policies.failed_auth import FailedAuthConfig
+from bastion.policies.failed_auth_config import FailedAuthConfig
 
 
 class KeyAuthConfig(Model):
