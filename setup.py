@@ -31,6 +31,7 @@ MANIFEST = SOURCE_ROOT / "bastion" / "_native_manifest.json"
 NATIVE_MODULES = [
     "bastion/server/http1.py",
     "bastion/server/clock.py",
+    "bastion/server/write_batch.py",
     "bastion/proxy/cluster.py",
     "bastion/proxy/connection.py",
     "bastion/proxy/deadlines.py",
@@ -89,7 +90,8 @@ def native_extensions() -> list[object]:
         os.chdir(ROOT)
 
 
+digests = source_digests()  # before compiling: a source edited during the build must show as stale
 native = native_extensions()
 setup(ext_modules=native)
 if native and "build_ext" in sys.argv:
-    MANIFEST.write_text(json.dumps(source_digests(), indent=1, sort_keys=True) + "\n")
+    MANIFEST.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")

@@ -13,6 +13,7 @@ import httptools
 
 from bastion.proxy.deadlines import sweeper_for
 from bastion.proxy.errors import UpstreamBadResponse, UpstreamConnectError, UpstreamError, UpstreamTimeout
+from bastion.server.write_batch import write_batch_for
 
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
@@ -50,6 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_response_started",
         "_sink",
         "_sweeper",
+        "_writes",
         "closed",
         "connected",
         "keep_alive",
@@ -82,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_activity = 0.0
         self._deadline = 0.0
         self._sweeper = sweeper_for(loop)
+        self._writes = write_batch_for(loop)
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -204,12 +207,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_activity = self._loop.time()
         self._sweeper.add(self)
         assert self.transport is not None
-        self.transport.write(head)
+        self._writes.write(self.transport, head)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self._last_activity = self._loop.time()
-            self.transport.write(data)
+            self._writes.write(self.transport, data)
 
     def detach(self) -> None:
         """The exchange gives up on this connection (client gone, timeout): it is closed, never reused."""
@@ -220,6 +223,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self._cancel_timer()
         if self.transport is not None:
+            self._writes.discard(self.transport)
             self.transport.abort()
 
     def pause_reading(self) -> None:

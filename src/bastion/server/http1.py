@@ -32,6 +32,7 @@ from bastion.errors.codes import ErrorCode
 from bastion.errors.problem import PROBLEM_CONTENT_TYPE, render_problem
 from bastion.routing.path import InvalidPath, canonical_path
 from bastion.server.clock import http_date
+from bastion.server.write_batch import write_batch_for
 
 log = logging.getLogger("bastion.server")
 
@@ -453,6 +454,7 @@ class HttpConnection(asyncio.Protocol):
         self.listener = listener
         self.limits = listener.limits()
         self.loop = asyncio.get_running_loop()
+        self._writes = write_batch_for(self.loop)
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.parser = httptools.HttpRequestParser(self)
@@ -749,7 +751,7 @@ class HttpConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not self._closed and not transport.is_closing():
-            transport.write(data)
+            self._writes.write(transport, data)
 
     # -- refusals, timers, closing -----------------------------------------------------------------
     def _refuse(self, code: ErrorCode, reason: str) -> None:
@@ -828,6 +830,7 @@ class HttpConnection(asyncio.Protocol):
         self.listener.tracker.idle.pop(self, None)
         if self.transport is not None and not self._closed:
             self._closed = True
+            self._writes.flush_transport(self.transport)
             self.transport.close()
             self.listener.tracker.release(self, self.peer_ip)
 
@@ -835,6 +838,7 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         if self.transport is not None:
             self._closed = True
+            self._writes.discard(self.transport)
             self.transport.abort()
             self.listener.tracker.release(self, self.peer_ip)
 
