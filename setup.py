@@ -70,6 +70,7 @@ NATIVE_MODULES = [
     "bastion/oauth/revocation.py",
     "bastion/oauth/token_cache.py",
     "bastion/ratelimit/algorithms.py",
+    "bastion/ratelimit/memory.py",
 ]
 
 

@@ -31,7 +31,8 @@ from bastion.pipeline.policy import PolicyServices
 from bastion.policies import builtin_policy_types
 from bastion.policies.concurrency.policy import SlotTables
 from bastion.proxy.cluster import UpstreamCluster
-from bastion.ratelimit.store import CounterStore, MemoryCounterStore, RedisCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
+from bastion.ratelimit.store import CounterStore, RedisCounterStore
 from bastion.server.asgi import AsgiHandler
 from bastion.server.http1 import Exchange, Handler, Listener
 from bastion.server.redirect import RedirectHandler

@@ -25,7 +25,8 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from bastion.ratelimit.algorithms import Algorithm, Decision, FixedWindow, RuleSpec
-from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore, RedisCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
+from bastion.ratelimit.store import CounterStore, CounterStoreError, RedisCounterStore
 
 REDIS_URL = os.environ.get("BASTION_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SW = Algorithm.SLIDING_WINDOW

@@ -24,7 +24,8 @@ from bastion.policies.business_flow.config import BusinessFlowConfig
 from bastion.policies.business_flow.policy import BusinessFlowPolicy
 from bastion.proxy.cluster import UpstreamCluster
 from bastion.ratelimit.algorithms import Decision, RuleSpec
-from bastion.ratelimit.store import CounterStoreError, MemoryCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
+from bastion.ratelimit.store import CounterStoreError
 
 
 class Clock:

@@ -34,7 +34,7 @@ from bastion.oauth.server.keys import SigningKeys
 from bastion.oauth.server.service import AuthorizationServer
 from bastion.oauth.server.steps import Approved, ConsentStep, Denied, SignedInUser, SignInStep
 from bastion.oauth.server.store import ClientKind, OAuthClient, OAuthStore
-from bastion.ratelimit.store import MemoryCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
 from bastion.storage.audit import AuditActor
 from bastion.storage.engine import create_engine
 from bastion.storage.identity_store import IdentityStore

@@ -20,7 +20,8 @@ from bastion.oauth.server.limits import FailureBrake
 from bastion.oauth.server.params import is_form, parse_parameters
 from bastion.oauth.server.steps import SignedInUser, SignInStepError, load_sign_in_step
 from bastion.ratelimit.algorithms import Decision, RuleSpec
-from bastion.ratelimit.store import CounterStoreError, MemoryCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
+from bastion.ratelimit.store import CounterStoreError
 
 # -- parameters ---------------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from bastion.policies.quota.config import Period, QuotaConfig
 from bastion.policies.quota.policy import QuotaPolicy, period_bounds
 from bastion.ratelimit.algorithms import Algorithm, Decision, FixedState, FixedWindow, RuleSpec, fixed_window
 from bastion.ratelimit.failover import LocalFallback
-from bastion.ratelimit.store import CounterStoreError, MemoryCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
+from bastion.ratelimit.store import CounterStoreError
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:

@@ -17,7 +17,8 @@ from bastion.policies.rate_limit.config import RateLimitConfig
 from bastion.policies.rate_limit.keys import client_prefix
 from bastion.policies.rate_limit.policy import RateLimitPolicy, describe_period
 from bastion.ratelimit.algorithms import Decision, RuleSpec
-from bastion.ratelimit.store import CounterStoreError, MemoryCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
+from bastion.ratelimit.store import CounterStoreError
 from tests.support.routes import compiled_route
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from bastion.ratelimit.algorithms import Algorithm, Decision, RuleSpec, WindowState, gcra, sliding_window
 from bastion.ratelimit.breaker import CircuitBreaker
 from bastion.ratelimit.failover import LocalFallback
-from bastion.ratelimit.store import MemoryCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
 
 SW = Algorithm.SLIDING_WINDOW
 GCRA = Algorithm.GCRA

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,38 +47,51 @@ class Headers:
         return any(k == key for k, _ in self.items)
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    status: int
-    headers: Headers
+    __slots__ = ("headers", "status")
+
+    def __init__(self, status: int, headers: Headers) -> None:
+        self.status = status
+        self.headers = headers
 
 
-@dataclass(slots=True)
 class RequestContext:
-    request_id: str
-    client_ip: str
-    method: str
-    path: str  # canonical, decoded
-    query: str  # raw query string, without '?'
-    host: str  # lower-case, without port
-    headers: Headers
-    tls: bool
-    started: float
-    route: CompiledRoute | None = None
-    path_params: dict[str, str] = field(default_factory=dict)
-    identity: Any = None  # set by authentication policies (later issues)
-    upstream_headers: dict[str, str] = field(default_factory=dict)  # added/overridden on the upstream request
-    # Prepared once by a policy for its hot path (see policies/forwarding.py): lower-case names not sent
-    # upstream, and header lines ("name: value\r\n", already encoded) added to the upstream request.
-    strip_upstream_names: frozenset[bytes] = frozenset()
-    upstream_lines: bytes = b""
-    response_headers: dict[str, str] = field(default_factory=dict)  # added to the response
-    reject_code: str | None = None
-    log_reason: str | None = None
-    scratch: dict[str, Any] = field(default_factory=dict)
-    body: bytes | None = None  # the whole request body, read only when a route's policy needs it
-    events: list[tuple[str, str, str]] | None = None  # (policy, event, name) for metrics and the access log
-    cleanups: list[Callable[[], None]] | None = None  # run once the exchange is over, whatever its outcome
+    """One request as the policies see it. A plain class, not a dataclass: it is built for every request,
+    and the compiled (mypyc) build runs a dataclass's generated ``__init__`` as interpreted code."""
+
+    __slots__ = (
+        "body", "cleanups", "client_ip", "events", "headers", "host", "identity", "log_reason", "method", "path",
+        "path_params", "query", "reject_code", "request_id", "response_headers", "route", "scratch", "started",
+        "strip_upstream_names", "tls", "upstream_headers", "upstream_lines",
+    )
+
+    def __init__(self, request_id: str, client_ip: str, method: str, path: str, query: str, host: str,
+                 headers: Headers, tls: bool, started: float, route: CompiledRoute | None = None,
+                 path_params: dict[str, str] | None = None, identity: Any = None) -> None:
+        self.request_id = request_id
+        self.client_ip = client_ip
+        self.method = method
+        self.path = path  # canonical, decoded
+        self.query = query  # raw query string, without '?'
+        self.host = host  # lower-case, without port
+        self.headers = headers
+        self.tls = tls
+        self.started = started
+        self.route = route
+        self.path_params: dict[str, str] = path_params if path_params is not None else {}
+        self.identity: Any = identity  # set by authentication policies
+        self.upstream_headers: dict[str, str] = {}  # added/overridden on the upstream request
+        # Prepared once by a policy for its hot path (see policies/forwarding.py): lower-case names not sent
+        # upstream, and header lines ("name: value\r\n", already encoded) added to the upstream request.
+        self.strip_upstream_names: frozenset[bytes] = frozenset()
+        self.upstream_lines = b""
+        self.response_headers: dict[str, str] = {}  # added to the response
+        self.reject_code: str | None = None
+        self.log_reason: str | None = None
+        self.scratch: dict[str, Any] = {}
+        self.body: bytes | None = None  # the whole request body, read only when a route's policy needs it
+        self.events: list[tuple[str, str, str]] | None = None  # (policy, event, name): metrics, access log
+        self.cleanups: list[Callable[[], None]] | None = None  # run once the exchange is over, whatever happens
 
     def record(self, policy: str, event: str, name: str) -> None:
         """Count a policy event (e.g. a shadow refusal) in `bastion_policy_events_total` and the access log.

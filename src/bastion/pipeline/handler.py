@@ -391,7 +391,7 @@ class _Forwarding:
         self.attempt = 0
         self.deadline = handler.loop.time() + upstream_cfg.timeouts.total
         self.tried: Target | None = None
-        self.error: UpstreamError = UpstreamUnavailable("no healthy target")
+        self.error: UpstreamError | None = None  # the last failure; none yet: no healthy target
         self.waiter: asyncio.Future[tuple[UpstreamError | None, bool]] | None = None
         self.first_target: Target | None = None  # balanced already, when the fast path found no idle connection
         cluster.retry_budget.record_request()
@@ -450,7 +450,7 @@ class _Forwarding:
         ex = self.ex
         if ex.response_started:
             return
-        error = self.error
+        error = self.error or UpstreamUnavailable("no healthy target")
         ex.scratch["log_reason"] = error.reason
         code = _ERROR_FOR.get(type(error), codes.UPSTREAM_CONNECT_FAILED)
         headers = [(b"retry-after", b"1")] if code is codes.UPSTREAM_UNAVAILABLE else None

@@ -11,7 +11,8 @@ from typing import Any
 
 from bastion.pipeline.policy import PolicyServices, Reject
 from bastion.ratelimit.failover import FailureMode, LocalFallback
-from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
+from bastion.ratelimit.store import CounterStore, CounterStoreError
 
 log = logging.getLogger("bastion.ratelimit")
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from bastion.ratelimit.algorithms import Algorithm, Decision, FixedWindow, RuleSpec
 from bastion.ratelimit.failover import FailureMode, LocalFallback
-from bastion.ratelimit.store import CounterStore, CounterStoreError, MemoryCounterStore, RedisCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
+from bastion.ratelimit.store import CounterStore, CounterStoreError, RedisCounterStore
 
 __all__ = [
     "Algorithm",

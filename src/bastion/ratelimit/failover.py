@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from bastion.ratelimit.algorithms import Decision, FixedWindow, RuleSpec
-from bastion.ratelimit.store import MemoryCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
 
 
 class FailureMode(StrEnum):

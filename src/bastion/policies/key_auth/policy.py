@@ -26,7 +26,7 @@ from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices
 from bastion.policies.failed_auth import FailedAuthBrake
 from bastion.policies.forwarding import ForwardedIdentity
 from bastion.policies.key_auth.config import KeyAuthConfig
-from bastion.ratelimit.store import MemoryCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
 from bastion.storage.identity_store import StoreUnavailable
 
 log = logging.getLogger("bastion.auth")

@@ -32,7 +32,7 @@ from bastion.policies.failed_auth import FailedAuthBrake
 from bastion.policies.forwarding import ForwardedIdentity
 from bastion.policies.key_auth.policy import credentials_in_query
 from bastion.policies.oauth2.config import OAuth2Config
-from bastion.ratelimit.store import MemoryCounterStore
+from bastion.ratelimit.memory import MemoryCounterStore
 
 log = logging.getLogger("bastion.auth")
 

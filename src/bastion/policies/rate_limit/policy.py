@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from bastion.errors.codes import RATE_LIMIT_EXCEEDED, RATE_LIMIT_UNAVAILABLE
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import PENDING, BasePolicy, Pending, PolicyServices, PolicyType, Reject, Stage
-from bastion.policies.counting import LogThrottle, StoreFailures, counter_store, run_sync
+from bastion.policies.counting import LogThrottle, StoreFailures, counter_store
 from bastion.policies.rate_limit.config import (
     READ_METHODS,
     LimitConfig,
@@ -94,6 +94,35 @@ class _Limit:
                 self.plans[plan] = _Variant(config.name, rule)
 
 
+class _Fields:
+    """The RateLimit-Policy and RateLimit header values, built as strings: with one limit (the usual
+    case) no list and no join."""
+
+    __slots__ = ("policy", "state")
+
+    def __init__(self) -> None:
+        self.policy = ""
+        self.state = ""
+
+    def add_policy(self, variant: _Variant) -> None:
+        self.policy = f"{self.policy}, {variant.policy_item}" if self.policy else variant.policy_item
+
+    def add_state(self, state: str) -> None:
+        self.state = f"{self.state}, {state}" if self.state else state
+
+    def apply(self, ctx: RequestContext) -> None:
+        if self.policy:
+            headers = ctx.response_headers
+            headers["RateLimit-Policy"] = self.policy
+            if self.state:
+                headers["RateLimit"] = self.state
+
+
+def _plan_of(ctx: RequestContext) -> str | None:
+    identity = ctx.identity
+    return None if identity is None else getattr(identity, "plan", None)
+
+
 class RateLimitPolicy(BasePolicy):
     name: ClassVar[str] = "rate-limit"
     stage: ClassVar[Stage] = Stage.LIMIT
@@ -116,10 +145,29 @@ class RateLimitPolicy(BasePolicy):
         self._shadow_log = LogThrottle()
 
     def try_sync(self, ctx: RequestContext) -> Reject | Pending | None:
-        """In memory the decision never waits: run ``on_request`` to completion without a task."""
-        if self._memory is None:
+        """In memory the decision never waits: it is made here, without a coroutine."""
+        memory = self._memory
+        if memory is None:
             return PENDING
-        return run_sync(self.on_request(ctx))
+        method = ctx.method
+        limits = self._by_method.get(method, self._writes)
+        if not limits:
+            return None
+        now = self._clock()
+        plan = _plan_of(ctx)
+        fields = _Fields()
+        for limit in limits:
+            key = limit.key(ctx)
+            if key is None:
+                continue  # anonymous request on a consumer key, or the keyed header is absent
+            variant = limit.base if plan is None else limit.plans.get(plan, limit.base)
+            fields.add_policy(variant)
+            decision = memory.hit_now(key, variant.rule, limit.costs.get(method, 1), now)
+            refusal = self._judge(ctx, limit, variant, decision, fields, now)
+            if refusal is not None:
+                return refusal
+        fields.apply(ctx)
+        return None
 
     async def on_request(self, ctx: RequestContext) -> Reject | None:
         method = ctx.method
@@ -127,18 +175,15 @@ class RateLimitPolicy(BasePolicy):
         if not limits:
             return None
         now = self._clock()
-        identity = ctx.identity
-        plan = None if identity is None else getattr(identity, "plan", None)
+        plan = _plan_of(ctx)
         memory = self._memory
-        # Header values built as strings: with one limit (the usual case) no list, no join.
-        policy_field = ""
-        state_field = ""
+        fields = _Fields()
         for limit in limits:
             key = limit.key(ctx)
             if key is None:
                 continue  # anonymous request on a consumer key, or the keyed header is absent
             variant = limit.base if plan is None else limit.plans.get(plan, limit.base)
-            policy_field = f"{policy_field}, {variant.policy_item}" if policy_field else variant.policy_item
+            fields.add_policy(variant)
             cost = limit.costs.get(method, 1)
             if memory is not None:
                 decision = memory.hit_now(key, variant.rule, cost, now)
@@ -157,28 +202,27 @@ class RateLimitPolicy(BasePolicy):
                         continue  # admitted unchecked: no state to report
                     ctx.record(POLICY, "local", limit.name)
                     decision = fallback
-            if decision.allowed:
-                state = f"{variant.item_prefix}{decision.remaining};t={_ceil(decision.reset_after)}"
-                state_field = f"{state_field}, {state}" if state_field else state
-                continue
-            wait = _ceil(decision.retry_after) or 1
-            state = f"{variant.item_prefix}{decision.remaining};t={wait}"
-            state_field = f"{state_field}, {state}" if state_field else state
-            if self._shadow:
-                self._shadowed(ctx, limit.name, now)
-                continue
-            ctx.record(POLICY, "exceeded", limit.name)
-            headers = ctx.response_headers
-            headers["RateLimit-Policy"] = policy_field
-            headers["RateLimit"] = state_field
-            return Reject(RATE_LIMIT_EXCEEDED, f"{variant.detail}{wait} s.", {"Retry-After": str(wait)},
-                          log_reason=f"rate limit {limit.name!r} exceeded; retry after {decision.retry_after:.3f} s")
-        if policy_field:
-            headers = ctx.response_headers
-            headers["RateLimit-Policy"] = policy_field
-            if state_field:
-                headers["RateLimit"] = state_field
+            refusal = self._judge(ctx, limit, variant, decision, fields, now)
+            if refusal is not None:
+                return refusal
+        fields.apply(ctx)
         return None
+
+    def _judge(self, ctx: RequestContext, limit: _Limit, variant: _Variant, decision: Decision, fields: _Fields,
+               now: float) -> Reject | None:
+        """Record one limit's decision in the headers; the 429 when it refuses (never in shadow mode)."""
+        if decision.allowed:
+            fields.add_state(f"{variant.item_prefix}{decision.remaining};t={_ceil(decision.reset_after)}")
+            return None
+        wait = _ceil(decision.retry_after) or 1
+        fields.add_state(f"{variant.item_prefix}{decision.remaining};t={wait}")
+        if self._shadow:
+            self._shadowed(ctx, limit.name, now)
+            return None
+        ctx.record(POLICY, "exceeded", limit.name)
+        fields.apply(ctx)
+        return Reject(RATE_LIMIT_EXCEEDED, f"{variant.detail}{wait} s.", {"Retry-After": str(wait)},
+                      log_reason=f"rate limit {limit.name!r} exceeded; retry after {decision.retry_after:.3f} s")
 
     def _shadowed(self, ctx: RequestContext, name: str, now: float) -> None:
         ctx.scratch.setdefault("rate_limit_shadow", name)
