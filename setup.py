@@ -66,6 +66,8 @@ NATIVE_MODULES = [
     "bastion/policies/rate_limit/keys.py",
     "bastion/policies/rate_limit/policy.py",
     "bastion/policies/security_headers/policy.py",
+    "bastion/identity/authenticator.py",
+    "bastion/identity/principal.py",
     "bastion/oauth/resource.py",
     "bastion/oauth/revocation.py",
     "bastion/oauth/token_cache.py",
