@@ -31,6 +31,7 @@ MANIFEST = SOURCE_ROOT / "bastion" / "_native_manifest.json"
 NATIVE_MODULES = [
     "bastion/server/http1.py",
     "bastion/server/clock.py",
+    "bastion/server/per_loop.py",
     "bastion/server/write_batch.py",
     "bastion/proxy/cluster.py",
     "bastion/proxy/connection.py",

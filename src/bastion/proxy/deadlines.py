@@ -8,8 +8,9 @@ plenty for timeouts counted in seconds.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from typing import Protocol
+
+from bastion.server.per_loop import PerLoop
 
 SWEEP_INTERVAL = 0.05
 
@@ -45,11 +46,4 @@ class DeadlineSweeper:
             self._scheduled = False
 
 
-_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineSweeper] = weakref.WeakKeyDictionary()
-
-
-def sweeper_for(loop: asyncio.AbstractEventLoop) -> DeadlineSweeper:
-    sweeper = _SWEEPERS.get(loop)
-    if sweeper is None:
-        sweeper = _SWEEPERS[loop] = DeadlineSweeper(loop)
-    return sweeper
+sweeper_for: PerLoop[DeadlineSweeper] = PerLoop(DeadlineSweeper)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
+
+from bastion.server.per_loop import PerLoop
 
 log = logging.getLogger("bastion.server")
 
@@ -65,11 +66,4 @@ def _send(transport: asyncio.Transport, chunks: list[bytes]) -> None:
         transport.abort()
 
 
-_BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = weakref.WeakKeyDictionary()
-
-
-def write_batch_for(loop: asyncio.AbstractEventLoop) -> WriteBatch:
-    batch = _BATCHES.get(loop)
-    if batch is None:
-        batch = _BATCHES[loop] = WriteBatch(loop)
-    return batch
+write_batch_for: PerLoop[WriteBatch] = PerLoop(WriteBatch)

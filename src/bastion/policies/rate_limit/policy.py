@@ -150,18 +150,10 @@ class RateLimitPolicy(BasePolicy):
         if memory is None:
             return PENDING
         method = ctx.method
-        limits = self._by_method.get(method, self._writes)
-        if not limits:
-            return None
         now = self._clock()
-        plan = _plan_of(ctx)
         fields = _Fields()
-        for limit in limits:
-            key = limit.key(ctx)
-            if key is None:
-                continue  # anonymous request on a consumer key, or the keyed header is absent
-            variant = limit.base if plan is None else limit.plans.get(plan, limit.base)
-            fields.add_policy(variant)
+        for limit, key, variant in self._applicable(ctx):
+            fields.add_policy(variant)  # limits after a refusal are not reported
             decision = memory.hit_now(key, variant.rule, limit.costs.get(method, 1), now)
             refusal = self._judge(ctx, limit, variant, decision, fields, now)
             if refusal is not None:
@@ -170,43 +162,50 @@ class RateLimitPolicy(BasePolicy):
         return None
 
     async def on_request(self, ctx: RequestContext) -> Reject | None:
+        if self._memory is not None:
+            outcome = self.try_sync(ctx)
+            return None if isinstance(outcome, Pending) else outcome
         method = ctx.method
-        limits = self._by_method.get(method, self._writes)
-        if not limits:
-            return None
         now = self._clock()
-        plan = _plan_of(ctx)
-        memory = self._memory
         fields = _Fields()
-        for limit in limits:
-            key = limit.key(ctx)
-            if key is None:
-                continue  # anonymous request on a consumer key, or the keyed header is absent
-            variant = limit.base if plan is None else limit.plans.get(plan, limit.base)
+        for limit, key, variant in self._applicable(ctx):
             fields.add_policy(variant)
             cost = limit.costs.get(method, 1)
-            if memory is not None:
-                decision = memory.hit_now(key, variant.rule, cost, now)
-            else:
-                try:
-                    decision = await self._store.hit(key, variant.rule, cost, now)
-                except CounterStoreError as exc:
-                    fallback = self._store_failed(ctx, exc, key, variant.rule, cost, now)
-                    if fallback is None:
-                        if self._failures.mode is FailureMode.CLOSED and not self._shadow:
-                            ctx.record(POLICY, "unavailable", limit.name)
-                            return Reject(RATE_LIMIT_UNAVAILABLE, "Rate limits cannot be checked right now; "
-                                          "retry shortly.", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
-                                          log_reason=f"rate-limit store failed ({limit.name}): {exc}")
-                        ctx.record(POLICY, "unchecked", limit.name)
-                        continue  # admitted unchecked: no state to report
-                    ctx.record(POLICY, "local", limit.name)
-                    decision = fallback
+            try:
+                decision = await self._store.hit(key, variant.rule, cost, now)
+            except CounterStoreError as exc:
+                fallback = self._store_failed(ctx, exc, key, variant.rule, cost, now)
+                if fallback is None:
+                    if self._failures.mode is FailureMode.CLOSED and not self._shadow:
+                        ctx.record(POLICY, "unavailable", limit.name)
+                        return Reject(RATE_LIMIT_UNAVAILABLE, "Rate limits cannot be checked right now; "
+                                      "retry shortly.", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+                                      log_reason=f"rate-limit store failed ({limit.name}): {exc}")
+                    ctx.record(POLICY, "unchecked", limit.name)
+                    continue  # admitted unchecked: no state to report
+                ctx.record(POLICY, "local", limit.name)
+                decision = fallback
             refusal = self._judge(ctx, limit, variant, decision, fields, now)
             if refusal is not None:
                 return refusal
         fields.apply(ctx)
         return None
+
+    def _applicable(self, ctx: RequestContext) -> list[tuple[_Limit, str, _Variant]]:
+        """The request's limits with their counter keys and the variant of its plan. A limit whose key is
+        absent does not apply: an anonymous request on a consumer key, or a keyed header that is missing."""
+        limits = self._by_method.get(ctx.method, self._writes)
+        if not limits:
+            return []
+        plan = _plan_of(ctx)
+        applicable = []
+        for limit in limits:
+            key = limit.key(ctx)
+            if key is None:
+                continue
+            variant = limit.base if plan is None else limit.plans.get(plan, limit.base)
+            applicable.append((limit, key, variant))
+        return applicable
 
     def _judge(self, ctx: RequestContext, limit: _Limit, variant: _Variant, decision: Decision, fields: _Fields,
                now: float) -> Reject | None:
