@@ -71,6 +71,7 @@ NATIVE_MODULES = [
     "bastion/identity/principal.py",
     "bastion/oauth/resource.py",
     "bastion/oauth/revocation.py",
+    "bastion/oauth/server/keyset.py",
     "bastion/oauth/token_cache.py",
     "bastion/ratelimit/algorithms.py",
     "bastion/ratelimit/memory.py",

@@ -252,6 +252,13 @@ def _headers() -> list[Case]:
         Case("header-space-before-colon", c, raw(b"GET /v1/echo HTTP/1.1|Host : gw.test"), 400, True, MALFORMED),
         Case("header-underscore-in-name", c, get(b"/v1/echo", b"X_Forwarded_For: 10.0.0.1"), 400, True,
              MALFORMED),
+        # Field names are remembered once lowered: a refused name must be refused again, in any case.
+        Case("header-underscore-in-name-again", c, get(b"/v1/echo", b"X_Forwarded_For: 10.0.0.2"), 400, True,
+             MALFORMED),
+        Case("header-underscore-in-name-upper", c, get(b"/v1/echo", b"X_FORWARDED_FOR: 10.0.0.3"), 400, True,
+             MALFORMED),
+        Case("header-framing-name-in-capitals", c,
+             get(b"/v1/echo", b"CONTENT-LENGTH: 1", b"Content-Length: 2"), 400, True, AMBIGUOUS),
         Case("header-empty-name", c, get(b"/v1/echo", b": value"), 400, True, MALFORMED),
         Case("header-name-separator-char", c, get(b"/v1/echo", b"X(A): v"), 400, True, MALFORMED),
         Case("header-bare-lf-between-fields", c, b"GET /v1/echo HTTP/1.1\r\nHost: gw.test\nX-A: b\r\n\r\n", 400,

@@ -114,3 +114,32 @@ def test_bounded_oldest_first() -> None:
     assert cache.get("t2") is None
     cache.clear()
     assert len(cache) == 0
+
+
+SIGNATURE = "s" * 86  # an ES256 signature's length in base64url
+
+
+def test_a_hit_needs_the_whole_token_not_just_its_signature() -> None:
+    clock = Clock()
+    cache = TokenCache(wall_clock=clock)
+    alice, mallory = principal("alice"), principal("mallory")
+    cache.put(f"h.alice.{SIGNATURE}", CachedToken(alice, clock.now + 60))
+    assert cache.get(f"h.alice.{SIGNATURE}") is alice
+    assert cache.get(f"h.mallory.{SIGNATURE}") is None  # same signature segment, other payload: a miss
+    assert cache.get(f"h.alice.{SIGNATURE}") is alice  # ... which leaves the real entry alone
+    cache.discard(f"h.mallory.{SIGNATURE}")
+    assert cache.get(f"h.alice.{SIGNATURE}") is alice
+    cache.put(f"h.mallory.{SIGNATURE}", CachedToken(mallory, clock.now + 60))  # shares the slot: replaces it
+    assert cache.get(f"h.mallory.{SIGNATURE}") is mallory
+    assert cache.get(f"h.alice.{SIGNATURE}") is None
+    assert len(cache) == 1
+
+
+def test_tokens_with_a_short_last_segment_are_filed_whole() -> None:
+    clock = Clock()
+    cache = TokenCache(wall_clock=clock)
+    first, second = principal("first"), principal("second")
+    cache.put("opaque-1.v1", CachedToken(first, clock.now + 60))
+    cache.put("opaque-2.v1", CachedToken(second, clock.now + 60))
+    assert len(cache) == 2
+    assert cache.get("opaque-1.v1") is first and cache.get("opaque-2.v1") is second

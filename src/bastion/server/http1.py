@@ -21,7 +21,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -52,13 +52,30 @@ _BAD_VERSION = re.compile(r"invalid (?:http|major|minor) version")
 _READ_HIGH_WATER = 256 * 1024
 _MAX_PIPELINE = 16
 _HOST_NAMES: dict[bytes, str] = {}  # valid Host values -> routing host name (few distinct values in practice)
-_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect", b"connection"})
+_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect", b"connection"})
+# Field names as received -> their lowercase form, one shared object per name: clients send the same few
+# names on every request, so lowering and checking a name is one dict lookup, and the shared object's
+# cached hash makes every later set or dict test on it cheap. Bounded like _HOST_NAMES.
+_FIELD_NAMES: Final[dict[bytes, bytes]] = {}
+_MAX_FIELD_NAMES: Final = 1024
 _SWEEP_INTERVAL = 0.2
 
 
 def status_line(status: int, version: bytes = b"1.1") -> bytes:
     reason = _STATUS_REASON.get(status, b"Status")
     return b"HTTP/" + version + b" " + str(status).encode() + b" " + reason + b"\r\n"
+
+
+def _field_name(name: bytes) -> bytes:
+    """The lowercase form of a field name not seen lately. A name with an underscore is refused, never
+    remembered: CGI/WSGI upstreams read ``X_User`` as ``X-User``, past the identity headers we strip."""
+    lowered = name.lower()
+    if lowered.find(b"_") >= 0:  # find, not `in`: see routing/path.py
+        raise _Refuse(codes.HTTP_MALFORMED, "underscore in header name")
+    if len(_FIELD_NAMES) >= _MAX_FIELD_NAMES:
+        _FIELD_NAMES.clear()  # bounded: arbitrary names cannot grow it
+    _FIELD_NAMES[name] = lowered
+    return lowered
 
 
 class _Refuse(Exception):
@@ -453,6 +470,7 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.limits = listener.limits()
+        self._max_header_count = self.limits.max_header_count  # read per header: a native attribute
         self.loop = asyncio.get_running_loop()
         self._writes = write_batch_for(self.loop)
         self.transport: asyncio.Transport | None = None
@@ -608,15 +626,15 @@ class HttpConnection(asyncio.Protocol):
             raise _Refuse(codes.HTTP_URI_TOO_LONG, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
+        lowered = _FIELD_NAMES.get(name)
+        if lowered is None:
+            lowered = _field_name(name)
         headers = self._headers
-        headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        if name in _FRAMING_FIELDS:
-            self._framing.append((name, value))  # the few fields _check_framing must look at
-        elif name.find(b"_") >= 0:  # find, not `in`: see routing/path.py
-            raise _Refuse(codes.HTTP_MALFORMED, "underscore in header name")
-        if len(headers) > self.limits.max_header_count:
+        headers.append((lowered, value))
+        self._head_size += len(lowered) + len(value) + 4
+        if lowered in _FRAMING_FIELDS:
+            self._framing.append((lowered, value))  # the few fields _check_framing must look at
+        if len(headers) > self._max_header_count:
             raise _Refuse(codes.HTTP_HEADERS_TOO_LARGE, "too many header fields")
 
     def on_headers_complete(self) -> None:

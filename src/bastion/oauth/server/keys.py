@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc.jwk import ECKey, Key, KeyParameters, OKPKey, RSAKey
 
 from bastion.oauth.contracts import VerificationKey
+from bastion.oauth.server.keyset import LocalKeySet
 from bastion.oauth.server.secrets import new_kid
 from bastion.oauth.server.store import (
     AuditActor,
@@ -47,7 +48,6 @@ log = logging.getLogger("bastion.oauth")
 ALGORITHMS: Final = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 HKDF_INFO: Final = b"bastion oauth signing keys v1"
 RSA_KEY_BITS: Final = 2048
-REFRESH_INTERVAL: Final = 1.0  # at most one reload per second for unknown kids
 SYSTEM_ACTOR: Final = AuditActor("system:oauth-signing-keys")  # first start has no human actor
 _FORMAT_V1 = b"\x01"
 _NONCE_BYTES = 12
@@ -168,44 +168,6 @@ class KeyCipher:
 # -- the key set ---------------------------------------------------------------------------------------
 
 
-class LocalKeySet:
-    """The built-in issuer's public keys for the resource side (``bastion.oauth.contracts.KeySet``): the
-    same keys as the SigningKeys, looked up without I/O; an unknown kid reloads from the store at most once
-    per second, single-flight."""
-
-    def __init__(self, owner: SigningKeys, *, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._owner = owner
-        self._monotonic = monotonic
-        self._last_reload: float | None = None
-        self._inflight: asyncio.Task[None] | None = None
-
-    def get(self, kid: str) -> VerificationKey | None:
-        return self._owner._verification_key(kid)
-
-    async def refresh(self, kid: str) -> None:
-        if self.get(kid) is not None:
-            return
-        task = self._inflight
-        if task is None:
-            now = self._monotonic()
-            if self._last_reload is not None and now - self._last_reload < REFRESH_INTERVAL:
-                return
-            self._last_reload = now
-            task = self._inflight = asyncio.get_running_loop().create_task(self._reload())
-        await asyncio.shield(task)
-
-    async def _reload(self) -> None:
-        try:
-            await self._owner.load()
-        except (StoreUnavailable, SigningKeyError) as exc:
-            log.warning("could not reload the signing keys (%s)", type(exc).__name__)
-        finally:
-            self._inflight = None
-
-    def usable(self) -> bool:
-        return self._owner._loaded_once
-
-
 class SigningKeys:
     def __init__(self, store: OAuthStore, pepper: bytes, algorithm: str, *,
                  clock: Callable[[], datetime] = _utcnow, monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -216,9 +178,9 @@ class SigningKeys:
         self._keys: dict[str, _Loaded] = {}
         self._infos: list[SigningKeyInfo] = []
         self._active: _Loaded | None = None
-        self._loaded_once = False
         self._load_lock = asyncio.Lock()
-        self.keyset = LocalKeySet(self, monotonic=monotonic)
+        self.keyset = LocalKeySet(self._reload_for_unknown_kid, wall_clock=lambda: self._clock().timestamp(),
+                                  monotonic=monotonic)
 
     def __repr__(self) -> str:
         return f"SigningKeys(algorithm={self._algorithm!r}, keys={sorted(self._keys)!r})"
@@ -268,7 +230,13 @@ class SigningKeys:
             self._keys = keys
             self._infos = [entry.info for entry in keys.values()]
             self._active = active
-            self._loaded_once = True
+            self.keyset.publish({kid: (entry.verification, entry.published_until) for kid, entry in keys.items()})
+
+    async def _reload_for_unknown_kid(self) -> None:
+        try:
+            await self.load()
+        except (StoreUnavailable, SigningKeyError) as exc:
+            log.warning("could not reload the signing keys (%s)", type(exc).__name__)
 
     def _load_row(self, row: SigningKeyRecord) -> _Loaded:
         previous = self._keys.get(row.kid)
@@ -323,11 +291,3 @@ class SigningKeys:
     def info(self) -> list[SigningKeyInfo]:
         """Every stored key, oldest first (retired ones until they are purged)."""
         return list(self._infos)
-
-    def _verification_key(self, kid: str) -> VerificationKey | None:
-        entry = self._keys.get(kid) if isinstance(kid, str) else None
-        if entry is None:
-            return None
-        if entry.published_until is not None and self._clock().timestamp() >= entry.published_until:
-            return None
-        return entry.verification
