@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 from bastion.identity.keys import KeyHasher, parse_key
 from bastion.identity.principal import Principal
 from bastion.storage.identity_store import IdentityStore, KeyAuthRecord
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_LEVEL_RANK = {"read": 0, "write": 1, "admin": 2}
+_LEVEL_RANK: Final = {"read": 0, "write": 1, "admin": 2}
 
 
 @dataclass(frozen=True, slots=True)

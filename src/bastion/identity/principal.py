@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_NOTHING: frozenset[str] = frozenset()
+READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_NOTHING: Final[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

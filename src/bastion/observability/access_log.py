@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import orjson
 
-_FLUSH_BYTES = 64 * 1024
-_FLUSH_INTERVAL = 0.25
+_FLUSH_BYTES: Final = 64 * 1024
+_FLUSH_INTERVAL: Final = 0.25
 
 
 class AccessLog:

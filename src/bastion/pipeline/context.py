@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from bastion.pipeline.compiled import CompiledRoute
+
+# Field names policies set (`RateLimit`, `Cache-Control`, ...) -> their wire form. A few constant names in
+# practice; bounded all the same.
+_FIELD_NAMES: Final[dict[str, bytes]] = {}
+_MAX_FIELD_NAMES: Final = 1024
+
+
+def field_name(name: str) -> bytes:
+    """The lowercase latin-1 form of a field name."""
+    encoded = _FIELD_NAMES.get(name)
+    if encoded is None:
+        encoded = name.lower().encode("latin-1")
+        if len(_FIELD_NAMES) >= _MAX_FIELD_NAMES:
+            _FIELD_NAMES.clear()
+        _FIELD_NAMES[name] = encoded
+    return encoded
 
 
 class Headers:
@@ -34,6 +50,25 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         self.items.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+
+    def set_all(self, fields: dict[str, str]) -> None:
+        """``set`` for each field, with one pass over the present ones."""
+        names: list[bytes] = []
+        added: list[tuple[bytes, bytes]] = []
+        for name, value in fields.items():
+            key = field_name(name)
+            if key in names:  # two spellings of one name: the last wins, as with successive set() calls
+                index = names.index(key)
+                del names[index]
+                del added[index]
+            names.append(key)
+            added.append((key, value.encode("latin-1")))
+        items = self.items
+        for present, _ in items:
+            if present in names:
+                items = self.items = [(k, v) for k, v in items if k not in names]
+                break
+        items.extend(added)
 
     def remove(self, name: str) -> None:
         key = name.lower().encode("latin-1")

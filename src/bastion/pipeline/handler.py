@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from bastion.config.model import Lifecycle
 from bastion.errors import codes
@@ -37,13 +37,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bastion.gateway")
 
-_MISS = object()
-_MATCH_CACHE_SIZE = 8192
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-_NOT_FORWARDED = HOP_BY_HOP | GATEWAY_SET_REQUEST  # the gateway sets these itself (host included)
-_DROP_RESPONSE = HOP_BY_HOP | LEAKY_RESPONSE | {b"x-request-id", b"strict-transport-security"}
-_ERROR_FOR = {
+_MISS: Final = object()
+_MATCH_CACHE_SIZE: Final = 8192
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_REQUEST_ID_OK: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_NOT_FORWARDED: Final = HOP_BY_HOP | GATEWAY_SET_REQUEST  # the gateway sets these itself (host included)
+_DROP_RESPONSE: Final = HOP_BY_HOP | LEAKY_RESPONSE | {b"x-request-id", b"strict-transport-security"}
+_ERROR_FOR: Final = {
     UpstreamConnectError: codes.UPSTREAM_CONNECT_FAILED,
     UpstreamTimeout: codes.UPSTREAM_TIMEOUT,
     UpstreamBadResponse: codes.UPSTREAM_BAD_RESPONSE,
@@ -617,8 +617,8 @@ class _ProxyExchange:
             response = ResponseHead(status, Headers(kept))
             for policy in policies:
                 policy.on_response(ctx, response)
-            for name_str, value_str in ctx.response_headers.items():
-                response.headers.set(name_str, value_str)
+            if ctx.response_headers:
+                response.headers.set_all(ctx.response_headers)
             status = response.status
             kept = response.headers.items
         ex.start_response(status, kept, content_length=content_length)

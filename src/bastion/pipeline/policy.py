@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 from pydantic import BaseModel
@@ -69,7 +69,7 @@ class Pending:
     __slots__ = ()
 
 
-PENDING = Pending()
+PENDING: Final = Pending()
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # policies may come from modules that are not compiled

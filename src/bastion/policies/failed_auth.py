@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import Final
 
 from bastion.errors.codes import AUTH_TOO_MANY_FAILURES
 from bastion.pipeline.policy import Reject
@@ -19,7 +20,7 @@ from bastion.ratelimit.store import CounterStore, CounterStoreError
 
 log = logging.getLogger("bastion.auth")
 
-_MAX_BLOCKED = 100_000
+_MAX_BLOCKED: Final = 100_000
 
 
 class FailedAuthBrake:

@@ -6,12 +6,13 @@ upstream. Cached principals are shared objects, so their header lines are encode
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from bastion.identity.principal import Principal
 from bastion.pipeline.context import RequestContext
 from bastion.proxy.headers import header_value
 
-_MAX_CACHED = 10_000
+_MAX_CACHED: Final = 10_000
 
 # (header name, value of the principal or None to send nothing)
 HeaderSource = tuple[str, Callable[[Principal], str | None]]
@@ -24,6 +25,7 @@ class ForwardedIdentity:
         names = {*(n.lower() for n in credential_headers if n), *(name for name, _ in self._headers)}
         self._strip = frozenset(n.encode("latin-1") for n in names)
         self._lines: dict[int, tuple[Principal, bytes]] = {}
+        self._last: tuple[Principal, bytes] | None = None  # a connection's requests usually share a principal
 
     def strip(self, ctx: RequestContext) -> None:
         """The credential never goes upstream, even when it was refused."""
@@ -33,12 +35,15 @@ class ForwardedIdentity:
     def accept(self, ctx: RequestContext, principal: Principal) -> None:
         self.strip(ctx)
         ctx.identity = principal
-        entry = self._lines.get(id(principal))
-        if entry is None or entry[0] is not principal:  # holding the principal keeps its id unique
-            if len(self._lines) >= _MAX_CACHED:
-                self._lines.clear()
-            entry = (principal, self._render(principal))
-            self._lines[id(principal)] = entry
+        entry = self._last
+        if entry is None or entry[0] is not principal:
+            entry = self._lines.get(id(principal))
+            if entry is None or entry[0] is not principal:  # holding the principal keeps its id unique
+                if len(self._lines) >= _MAX_CACHED:
+                    self._lines.clear()
+                entry = (principal, self._render(principal))
+                self._lines[id(principal)] = entry
+            self._last = entry
         ctx.upstream_lines += entry[1]
 
     def _render(self, principal: Principal) -> bytes:

@@ -7,7 +7,7 @@ request (measured, see docs/performance.md), which would put the gateway's throu
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -15,7 +15,7 @@ from bastion.proxy.deadlines import sweeper_for
 from bastion.proxy.errors import UpstreamBadResponse, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from bastion.server.write_batch import write_batch_for
 
-_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 class ResponseSink(Protocol):

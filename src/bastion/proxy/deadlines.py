@@ -8,11 +8,11 @@ plenty for timeouts counted in seconds.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Final, Protocol
 
 from bastion.server.per_loop import PerLoop
 
-SWEEP_INTERVAL = 0.05
+SWEEP_INTERVAL: Final = 0.05
 
 
 class Deadlined(Protocol):

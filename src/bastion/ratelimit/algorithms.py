@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple, TypeAlias
+from typing import Final, TypeAlias, final
 
 # Float arithmetic must never refuse a request that exact arithmetic admits (e.g. 0.1 * 3 > 0.3).
-_EPSILON = 1e-9
+_EPSILON: Final = 1e-9
 
 
 class Algorithm(StrEnum):
@@ -32,14 +32,23 @@ class Algorithm(StrEnum):
     GCRA = "gcra"
 
 
-class Decision(NamedTuple):
-    """The answer to one hit. A NamedTuple: created on every request, and cheaper than a frozen dataclass."""
+@final
+class Decision:
+    """The answer to one hit, made on every limited request: a plain class, so that the compiled build
+    makes it a native object built and read by direct access (a NamedTuple stays a Python tuple there)."""
 
-    allowed: bool
-    limit: int  # the most the key can spend at once: `limit` (sliding window) or `burst` (GCRA)
-    remaining: int  # what the key can still spend now
-    reset_after: float  # seconds until the window ends (sliding window) or the bucket is full (GCRA)
-    retry_after: float  # seconds until this request would be admitted; 0 when allowed
+    __slots__ = ("allowed", "limit", "remaining", "reset_after", "retry_after")
+
+    def __init__(self, allowed: bool, limit: int, remaining: int, reset_after: float, retry_after: float) -> None:
+        self.allowed = allowed
+        self.limit = limit  # the most the key can spend at once: `limit` (sliding window) or `burst` (GCRA)
+        self.remaining = remaining  # what the key can still spend now
+        self.reset_after = reset_after  # seconds until the window ends (sliding window) or the bucket is full
+        self.retry_after = retry_after  # seconds until this request would be admitted; 0 when allowed
+
+    def __repr__(self) -> str:
+        return (f"Decision(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
+                f"reset_after={self.reset_after}, retry_after={self.retry_after})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +82,6 @@ class RuleSpec:
         return RuleSpec(self.algorithm, max(1, self.limit // nodes), self.period, burst)
 
 
-# Builds a Decision without NamedTuple's Python-level __new__: half the cost, on every request.
-_decision = tuple.__new__
-
-
 def gcra(tat: float | None, now: float, rule: RuleSpec, cost: int) -> tuple[float | None, Decision]:
     """One GCRA hit. `tat` is the key's stored TAT (None: never seen). Returns the TAT to store and the decision;
     a refused hit leaves the TAT as it was."""
@@ -86,10 +91,9 @@ def gcra(tat: float | None, now: float, rule: RuleSpec, cost: int) -> tuple[floa
     allow_at = new_tat - rule.tolerance
     if allow_at <= now + _EPSILON * interval:
         remaining = int((now - allow_at) / interval + _EPSILON)
-        return new_tat, _decision(Decision, (True, rule.capacity, remaining, new_tat - now, 0.0))
+        return new_tat, Decision(True, rule.capacity, remaining, new_tat - now, 0.0)
     remaining = int((now - (base - rule.tolerance)) / interval + _EPSILON)
-    return tat, _decision(Decision, (False, rule.capacity, remaining if remaining > 0 else 0, base - now,
-                                     allow_at - now))
+    return tat, Decision(False, rule.capacity, remaining if remaining > 0 else 0, base - now, allow_at - now)
 
 
 # A sliding-window key: (current window index, previous window's count, current window's count, when the
@@ -117,10 +121,10 @@ def sliding_window(state: WindowState | None, now: float, rule: RuleSpec,
     estimate = previous * (1.0 - elapsed / period) + current if previous else current
     if estimate + cost <= limit + _EPSILON:
         return ((index, previous, current + cost, (index + 2) * period),
-                _decision(Decision, (True, limit, int(limit - estimate - cost + _EPSILON), period - elapsed, 0.0)))
+                Decision(True, limit, int(limit - estimate - cost + _EPSILON), period - elapsed, 0.0))
     remaining = int(limit - estimate + _EPSILON)
-    return state, _decision(Decision, (False, limit, remaining if remaining > 0 else 0, period - elapsed,
-                                       window_retry_after(previous, current, cost, limit, elapsed, period)))
+    return state, Decision(False, limit, remaining if remaining > 0 else 0, period - elapsed,
+                           window_retry_after(previous, current, cost, limit, elapsed, period))
 
 
 def window_retry_after(previous: int, current: int, cost: int, limit: int, elapsed: float, period: float) -> float:
@@ -173,9 +177,9 @@ def fixed_window(state: FixedState | None, now: float, window: FixedWindow,
         reset = 0.0
     if spent + cost <= limit:
         return ((window.start, spent + cost, window.end),
-                _decision(Decision, (True, limit, limit - spent - cost, reset, 0.0)))
+                Decision(True, limit, limit - spent - cost, reset, 0.0))
     # Nothing is admitted before the window ends: the next window starts empty.
-    return state, _decision(Decision, (False, limit, limit - spent if spent < limit else 0, reset, reset))
+    return state, Decision(False, limit, limit - spent if spent < limit else 0, reset, reset)
 
 
 def ceil_seconds(value: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from typing import Final
 
 from bastion.ratelimit.algorithms import (
     Algorithm,
@@ -19,8 +20,8 @@ from bastion.ratelimit.algorithms import (
 
 log = logging.getLogger("bastion.ratelimit")
 
-_GCRA = Algorithm.GCRA
-_SWEEP_STEP = 64  # keys checked per new key while a sweep is under way: ~4 us
+_GCRA: Final = Algorithm.GCRA
+_SWEEP_STEP: Final = 64  # keys checked per new key while a sweep is under way: ~4 us
 
 
 class MemoryCounterStore:

@@ -13,16 +13,17 @@ Rules (documented in docs/configuration.md, "Paths"):
 from __future__ import annotations
 
 import re
+from typing import Final
 from urllib.parse import quote
 
-_FORBIDDEN_ENCODED = re.compile(rb"%(?:2[fF]|5[cC]|00)")
-_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
-_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_FORBIDDEN_ENCODED: Final = re.compile(rb"%(?:2[fF]|5[cC]|00)")
+_PERCENT: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
+_BAD_PERCENT: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # Characters that stay literal when the canonical path is re-encoded for the upstream (RFC 3986 pchar).
-_SAFE = "/:@!$&'()*+,;=-._~"
+_SAFE: Final = "/:@!$&'()*+,;=-._~"
 # Most real paths are plain ASCII pchars with nothing to decode or resolve: one regex decides that.
-_PLAIN = re.compile(rb"/[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
-_PLAIN_TEXT = re.compile(r"/[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
+_PLAIN: Final = re.compile(rb"/[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
+_PLAIN_TEXT: Final = re.compile(r"/[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
 
 
 class InvalidPath(ValueError):

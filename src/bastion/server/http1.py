@@ -36,8 +36,8 @@ from bastion.server.write_batch import write_batch_for
 
 log = logging.getLogger("bastion.server")
 
-_HOST = re.compile(rb"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
-_STATUS_REASON = {
+_HOST: Final = re.compile(rb"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+_STATUS_REASON: Final = {
     100: b"Continue", 200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content",
     206: b"Partial Content", 301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
     304: b"Not Modified", 307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request",
@@ -49,16 +49,16 @@ _STATUS_REASON = {
     503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 _BAD_VERSION = re.compile(r"invalid (?:http|major|minor) version")
-_READ_HIGH_WATER = 256 * 1024
-_MAX_PIPELINE = 16
-_HOST_NAMES: dict[bytes, str] = {}  # valid Host values -> routing host name (few distinct values in practice)
+_READ_HIGH_WATER: Final = 256 * 1024
+_MAX_PIPELINE: Final = 16
+_HOST_NAMES: Final[dict[bytes, str]] = {}  # valid Host values -> routing host name (few distinct values in practice)
 _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect", b"connection"})
 # Field names as received -> their lowercase form, one shared object per name: clients send the same few
 # names on every request, so lowering and checking a name is one dict lookup, and the shared object's
 # cached hash makes every later set or dict test on it cheap. Bounded like _HOST_NAMES.
 _FIELD_NAMES: Final[dict[bytes, bytes]] = {}
 _MAX_FIELD_NAMES: Final = 1024
-_SWEEP_INTERVAL = 0.2
+_SWEEP_INTERVAL: Final = 0.2
 
 
 def status_line(status: int, version: bytes = b"1.1") -> bytes:
@@ -181,7 +181,7 @@ class Listener:
         return self.tracker.count - len(self.tracker.idle)
 
 
-_ID_BATCH = 4096
+_ID_BATCH: Final = 4096
 _id_hex = ""
 _id_next = _ID_BATCH
 

@@ -9,7 +9,7 @@ admin-level key (an OAuth access token is never one). An OAuth token lacking a s
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from pydantic import BaseModel
 
@@ -19,7 +19,7 @@ from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType, Reject, Stage
 from bastion.policies.authorize.config import AuthorizeConfig
 
-OAUTH_KINDS = frozenset({"jwt", "opaque-token"})
+OAUTH_KINDS: Final = frozenset({"jwt", "opaque-token"})
 
 
 class AuthorizePolicy(BasePolicy):

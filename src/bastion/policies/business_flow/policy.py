@@ -38,7 +38,6 @@ from bastion.ratelimit.store import CounterStoreError
 log = logging.getLogger("bastion.ratelimit")
 
 POLICY = "business-flow"
-_ceil = math.ceil
 
 
 def _global_key(key: str) -> KeyFunction:
@@ -125,7 +124,7 @@ class BusinessFlowPolicy(BasePolicy):
                         continue  # failing open: admitted unchecked
                     local = True
             if not decision.allowed:
-                wait = _ceil(decision.retry_after) or 1
+                wait = math.ceil(decision.retry_after) or 1
                 ctx.record(POLICY, "refused", flow)
                 return Reject(FLOW_LIMIT_EXCEEDED, f"{self._refused}{wait} s.", {"Retry-After": str(wait)},
                               log_reason=f"business flow {flow!r}: {limit.reason} reached; retry after "

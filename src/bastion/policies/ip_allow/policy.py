@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from pydantic import BaseModel
 
@@ -12,7 +12,7 @@ from bastion.pipeline.context import RequestContext
 from bastion.pipeline.policy import BasePolicy, PolicyServices, PolicyType, Reject, Stage
 from bastion.policies.ip_allow.config import IpAllowConfig
 
-_CACHE_LIMIT = 65536
+_CACHE_LIMIT: Final = 65536
 
 
 class IpAllowPolicy(BasePolicy):

@@ -9,7 +9,7 @@ store when there is one, so several nodes count together).
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from pydantic import BaseModel
 
@@ -31,10 +31,10 @@ from bastion.storage.identity_store import StoreUnavailable
 
 log = logging.getLogger("bastion.auth")
 
-_QUERY_CREDENTIAL_NAMES = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token",
+_QUERY_CREDENTIAL_NAMES: Final = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token",
                                      "x-api-key", "auth", "authorization"})
 _CHALLENGE = 'Bearer realm="bastion"'
-_MAX_BLOCKED = 100_000
+_MAX_BLOCKED: Final = 100_000
 
 
 def credentials_in_query(query: str) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from pydantic import BaseModel
 
@@ -38,10 +38,10 @@ log = logging.getLogger("bastion.auth")
 
 CHALLENGE = 'Bearer realm="bastion"'
 INVALID_TOKEN_CHALLENGE = CHALLENGE + ', error="invalid_token"'
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 section 2.1
-_MAX_BLOCKED = 100_000
+_B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 section 2.1
+_MAX_BLOCKED: Final = 100_000
 # Bastion's own secrets (API keys, client secrets, refresh tokens, authorization codes) by their prefixes.
-_BASTION_SECRETS = ("bst_", "bcs_", "brt_", "bac_")
+_BASTION_SECRETS: Final = ("bst_", "bcs_", "brt_", "bac_")
 
 
 class OAuth2Policy(BasePolicy):

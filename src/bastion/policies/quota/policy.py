@@ -46,7 +46,6 @@ log = logging.getLogger("bastion.ratelimit")
 
 POLICY = "quota"
 DAY = 86400.0
-_ceil = math.ceil
 
 
 def period_bounds(period: Period, now: float) -> tuple[float, float]:
@@ -132,7 +131,7 @@ class QuotaPolicy(BasePolicy):
                     return None  # failing open: nothing counted, nothing to report
                 ctx.record(POLICY, "local", self._site)
                 decision = fallback
-        reset = _ceil(decision.reset_after)
+        reset = math.ceil(decision.reset_after)
         headers = ctx.response_headers
         # During a store outage with `local`, this node enforces its share: say so rather than the full quota.
         headers["Quota-Limit"] = quota.limit if decision.limit == window.limit else str(decision.limit)

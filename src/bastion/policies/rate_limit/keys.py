@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from bastion.pipeline.context import RequestContext
 from bastion.policies.rate_limit.config import READ_METHODS
@@ -19,7 +20,7 @@ from bastion.policies.rate_limit.config import READ_METHODS
 KeyFunction = Callable[[RequestContext], str | None]
 PartFunction = Callable[[RequestContext], str | None]
 
-_IPV6_CACHE_LIMIT = 65536
+_IPV6_CACHE_LIMIT: Final = 65536
 
 
 def client_prefix(ip: str) -> str:

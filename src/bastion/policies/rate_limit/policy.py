@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from pydantic import BaseModel
 
@@ -47,8 +47,7 @@ log = logging.getLogger("bastion.ratelimit")
 
 POLICY = "rate-limit"
 
-_ceil = math.ceil
-_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE")
+_METHODS: Final = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE")
 _UNITS = ((86400.0, "day"), (3600.0, "hour"), (60.0, "minute"), (1.0, "second"))
 
 
@@ -211,9 +210,9 @@ class RateLimitPolicy(BasePolicy):
                now: float) -> Reject | None:
         """Record one limit's decision in the headers; the 429 when it refuses (never in shadow mode)."""
         if decision.allowed:
-            fields.add_state(f"{variant.item_prefix}{decision.remaining};t={_ceil(decision.reset_after)}")
+            fields.add_state(f"{variant.item_prefix}{decision.remaining};t={math.ceil(decision.reset_after)}")
             return None
-        wait = _ceil(decision.retry_after) or 1
+        wait = math.ceil(decision.retry_after) or 1
         fields.add_state(f"{variant.item_prefix}{decision.remaining};t={wait}")
         if self._shadow:
             self._shadowed(ctx, limit.name, now)
