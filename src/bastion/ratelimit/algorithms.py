@@ -118,7 +118,7 @@ def sliding_window(state: WindowState | None, now: float, rule: RuleSpec,
         previous = current = 0
     elapsed = now - index * period
     limit = rule.limit
-    estimate = previous * (1.0 - elapsed / period) + current if previous else current
+    estimate: float = previous * (1.0 - elapsed / period) + current if previous else float(current)  # native float
     if estimate + cost <= limit + _EPSILON:
         return ((index, previous, current + cost, (index + 2) * period),
                 Decision(True, limit, int(limit - estimate - cost + _EPSILON), period - elapsed, 0.0))
