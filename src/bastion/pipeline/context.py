@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from bastion.pipeline.compiled import CompiledRoute
 
-# Field names policies set (`RateLimit`, `Cache-Control`, ...) -> their wire form. A few constant names in
+# Field names policies use (`RateLimit`, `Cache-Control`, ...) -> their wire form. A few constant names in
 # practice; bounded all the same.
-_FIELD_NAMES: Final[dict[str, bytes]] = {}
-_MAX_FIELD_NAMES: Final = 1024
+_WIRE_NAMES: Final[dict[str, bytes]] = {}
+_MAX_WIRE_NAMES: Final = 1024
 
 
 def field_name(name: str) -> bytes:
     """The lowercase latin-1 form of a field name."""
-    encoded = _FIELD_NAMES.get(name)
+    encoded = _WIRE_NAMES.get(name)
     if encoded is None:
         encoded = name.lower().encode("latin-1")
-        if len(_FIELD_NAMES) >= _MAX_FIELD_NAMES:
-            _FIELD_NAMES.clear()
-        _FIELD_NAMES[name] = encoded
+        if len(_WIRE_NAMES) >= _MAX_WIRE_NAMES:
+            _WIRE_NAMES.clear()
+        _WIRE_NAMES[name] = encoded
     return encoded
 
 
@@ -34,22 +34,22 @@ class Headers:
         self.items: list[tuple[bytes, bytes]] = items if items is not None else []
 
     def get(self, name: str) -> str | None:
-        key = name.lower().encode("latin-1")
+        key = field_name(name)
         for k, v in self.items:
             if k == key:
                 return v.decode("latin-1")
         return None
 
     def get_all(self, name: str) -> list[str]:
-        key = name.lower().encode("latin-1")
+        key = field_name(name)
         return [v.decode("latin-1") for k, v in self.items if k == key]
 
     def set(self, name: str, value: str) -> None:
-        self.remove(name)
-        self.items.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        key = field_name(name)
+        self.replace([(key, value.encode("latin-1"))], (key,))
 
     def add(self, name: str, value: str) -> None:
-        self.items.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        self.items.append((field_name(name), value.encode("latin-1")))
 
     def set_all(self, fields: dict[str, str]) -> None:
         """``set`` for each field, with one pass over the present ones."""
@@ -63,22 +63,25 @@ class Headers:
                 del added[index]
             names.append(key)
             added.append((key, value.encode("latin-1")))
+        self.replace(added, names)
+
+    def replace(self, fields: list[tuple[bytes, bytes]], names: Collection[bytes]) -> None:
+        """Drop every present field named in ``names``, then append ``fields`` (wire-form names): one pass
+        over the present fields, and no new list when none of them is dropped."""
         items = self.items
         for present, _ in items:
             if present in names:
                 items = self.items = [(k, v) for k, v in items if k not in names]
                 break
-        items.extend(added)
+        items.extend(fields)
 
     def remove(self, name: str) -> None:
-        key = name.lower().encode("latin-1")
-        if any(k == key for k, _ in self.items):
-            self.items = [(k, v) for k, v in self.items if k != key]
+        self.replace([], (field_name(name),))
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = name.lower().encode("latin-1")
+        key = field_name(name)
         return any(k == key for k, _ in self.items)
 
 

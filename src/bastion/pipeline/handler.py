@@ -14,7 +14,7 @@ from bastion.errors import codes
 from bastion.errors.codes import ErrorCode
 from bastion.observability.redaction import redact_query
 from bastion.pipeline.compiled import CompiledConfig, CompiledRoute, IpNetwork
-from bastion.pipeline.context import Headers, RequestContext, ResponseHead
+from bastion.pipeline.context import Headers, RequestContext, ResponseHead, field_name
 from bastion.pipeline.mount import Mounts
 from bastion.pipeline.policy import PENDING, Reject
 from bastion.proxy.cluster import Target
@@ -276,8 +276,8 @@ class GatewayHandler:
     def _reject(self, ex: Exchange, ctx: RequestContext, reject: Reject) -> None:
         if reject.log_reason:
             ex.scratch["log_reason"] = reject.log_reason
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reject.headers.items()]
-        headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in ctx.response_headers.items())
+        headers = [(field_name(k), v.encode("latin-1")) for k, v in reject.headers.items()]
+        headers.extend((field_name(k), v.encode("latin-1")) for k, v in ctx.response_headers.items())
         ex.send_problem(reject.code, reject.detail, headers=headers)
 
     def _is_trusted(self, ip: str, config: CompiledConfig) -> bool:

@@ -35,13 +35,10 @@ class SecurityHeadersPolicy(BasePolicy):
         self._cache_control = config.cache_control.encode("latin-1") if config.cache_control else None
 
     def on_response(self, ctx: RequestContext, response: ResponseHead) -> None:
-        items = response.headers.items
-        names = self._names
-        if any(n in names for n, _ in items):
-            items[:] = [(n, v) for n, v in items if n not in names]
-        items.extend(self._fixed)
-        if self._cache_control is not None and not any(n == b"cache-control" for n, _ in items):
-            items.append((b"cache-control", self._cache_control))
+        headers = response.headers
+        headers.replace(self._fixed, self._names)
+        if self._cache_control is not None and not any(n == b"cache-control" for n, _ in headers.items):
+            headers.items.append((b"cache-control", self._cache_control))
 
 
 def _build(config: BaseModel, services: PolicyServices) -> BasePolicy:
