@@ -26,6 +26,7 @@ from tests.support.processes import Gateway, Upstream, assert_safe_problem, base
 
 SHARED_REDIS = ("127.0.0.1", 6379)
 SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
+NO_HANG = 1.0  # seconds: a request answered within this did not wait on a dead or frozen Redis
 OTHER_IP = "127.0.0.2"  # a second client address: Linux routes all of 127.0.0.0/8 to the loopback
 
 
@@ -464,12 +465,14 @@ def test_redis_killed_then_restarted(make_gateway: Callable[..., Gateway], upstr
         closed = hammer(gateway.url, "/v1/echo", threads=4, per_thread=15)
         assert {(o.status, o.code, o.retry_after) for o in closed} == {(503, "rate_limit.unavailable", "1")}
         worst_closed = max(o.seconds for o in closed)
-        assert worst_closed < 0.2, worst_closed
+        # Bounds, not timings: the driver's default retries blocked each call for 4.3 s. Loose enough for a
+        # loaded test machine, where the 50 ms deadline may fire late.
+        assert worst_closed < NO_HANG, worst_closed
         assert_safe_problem(client.get("/v1/echo"), "rate_limit.unavailable")
         opened = hammer(gateway.url, "/v1/users", threads=4, per_thread=5)
         assert {o.status for o in opened} == {200}  # 20 admitted where the limit is 5: failing open
         worst_open = max(o.seconds for o in opened)
-        assert worst_open < 0.2, worst_open
+        assert worst_open < NO_HANG, worst_open
         # local: each node allows limit / nodes (10 / 2) from its own memory
         local = [client.get("/v1/orders") for _ in range(8)]
         assert statuses(local) == [200] * 5 + [429] * 3
@@ -507,7 +510,7 @@ def test_redis_stopped_fails_within_the_deadline(make_gateway: Callable[..., Gat
     assert {(o.status, o.code) for o in closed} == {(503, "rate_limit.unavailable")}
     assert {o.status for o in opened} == {200}
     worst = max(o.seconds for o in closed + opened)
-    assert worst < 0.3, worst
+    assert worst < NO_HANG, worst  # a frozen Redis without the deadline: every request hangs
     with gateway.client() as client:
         recovered = wait_until(lambda: client.get("/v1/echo").status_code == 200, 5.0)
     assert recovered is not None and recovered < 2.0, recovered

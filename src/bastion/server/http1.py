@@ -569,10 +569,12 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets its pending response; then the connection closes.
-        if self._active is None and self._parsing is None:
-            return False
-        if self._parsing is not None and not self._parsing.body_complete:
-            return False  # the body will never complete
+        idle = self._active is None and self._parsing is None
+        if idle or (self._parsing is not None and not self._parsing.body_complete):  # a body that never completes
+            # Closed here, not by the transport (return False): a response finished in this loop round may
+            # still sit in the write batch, and a transport closing on its own would drop it.
+            self._close()
+            return True
         for ex in (self._active, *self._queue):
             if ex is not None:
                 ex.keep_alive = False
