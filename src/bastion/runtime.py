@@ -30,6 +30,7 @@ from bastion.pipeline.mount import Mounts
 from bastion.pipeline.policy import PolicyServices
 from bastion.policies import builtin_policy_types
 from bastion.policies.concurrency.policy import SlotTables
+from bastion.policies.failed_auth import FailedAuthBrake
 from bastion.proxy.cluster import UpstreamCluster
 from bastion.ratelimit.memory import MemoryCounterStore
 from bastion.ratelimit.store import CounterStore, RedisCounterStore
@@ -316,8 +317,11 @@ class Runtime:
         if server.http.enabled:
             await self._listen("http", plain_handler, server.http.host, server.http.port, sockets, tls=False)
         if server.admin.enabled:
+            assert self._counters is not None  # opened by load_initial, before any listener
+            brake = FailedAuthBrake(server.admin.failed_auth, self._counters, counter_prefix="adminfail",
+                                    credential="admin credentials")
             admin_app = create_admin_app(AdminServices(self.metrics, self.reload, self.status, self._docs_base,
-                                                       self._identity, self._oauth_admin()))
+                                                       self._identity, self._oauth_admin(), brake))
             admin_handler = AsgiHandler(admin_app, max_body_bytes=1024 * 1024,
                                         server=(server.admin.host, server.admin.port),
                                         finished=self._finished_quietly)

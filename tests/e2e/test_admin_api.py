@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +17,7 @@ import pytest
 from bastion.admin.api import ROUTES
 from tests.e2e.admin_matrix import CALLERS, MATRIX, OAUTH_ROWS, Row
 from tests.support.admin import IdentityHandle
+from tests.support.oauth_nodes import wait_for
 from tests.support.processes import Gateway, Upstream, assert_safe_problem, base_config, start_gateway
 
 V1 = "/admin/v1"
@@ -54,7 +55,10 @@ def _callers(identity: IdentityHandle) -> dict[str, str | None]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[AdminEnv]:
     """One gateway for the module: every test makes its own uniquely named resources."""
-    gateway = start_gateway(base_config(upstream.url), Path(tmp_path_factory.mktemp("admin-api")))
+    config = base_config(upstream.url)
+    # The matrix sends hundreds of refused credentials from this address: the brake has its own test below.
+    config["server"]["admin"]["failed_auth"] = {"max_failures": 100_000}
+    gateway = start_gateway(config, Path(tmp_path_factory.mktemp("admin-api")))
     try:
         with IdentityHandle(gateway) as identity, httpx.Client(base_url=gateway.admin_url, timeout=10.0) as http:
             yield AdminEnv(gateway, identity, http, _callers(identity))
@@ -256,6 +260,36 @@ def test_credentials_are_checked_before_anything_else(env: AdminEnv) -> None:
     denied = env.http.get(f"{V1}/consumers", headers={"Authorization": f"Bearer {plain_admin_key}"})
     assert denied.status_code == 403
     assert_safe_problem(denied, "authz.permission_denied")
+
+
+def test_repeated_invalid_credentials_block_the_address(make_gateway: Callable[..., Gateway],
+                                                         upstream: Upstream) -> None:
+    config = base_config(upstream.url)
+    config["server"]["admin"]["failed_auth"] = {"max_failures": 3, "window": 60, "block": 2}
+    gateway = make_gateway(config)
+    with IdentityHandle(gateway) as identity, httpx.Client(base_url=gateway.admin_url, timeout=10.0) as http:
+        good = identity.admin_key(f"brake-{unique()}")
+        reader = identity.key(identity.consumer(f"reader-{unique()}").id, "read")[0]
+
+        def consumers(key: str | None) -> httpx.Response:
+            return http.get(f"{V1}/consumers", headers={"Authorization": f"Bearer {key}"} if key else {})
+
+        assert consumers(None).status_code == 401  # no credential: nothing guessed, not counted
+        # Unknown keys and a valid key of a lower level are refused alike, and counted alike: three are
+        # tolerated, the fourth blocks the address.
+        guesses = ("bst_a_" + "A" * 45, reader, "bst_a_" + "B" * 45)
+        assert [consumers(key).status_code for key in guesses] == [401, 401, 401]
+        assert consumers(good).status_code == 200
+        assert consumers(reader).status_code == 401
+        blocked = consumers(good)  # refused before any credential work, even a good key
+        assert blocked.status_code == 429
+        assert_safe_problem(blocked, "auth.too_many_failures")
+        assert 1 <= int(blocked.headers["retry-after"]) <= 2
+        assert consumers(None).status_code == 429
+        assert wait_for(lambda: consumers(good).status_code == 200, timeout=5.0)  # the block ends
+        # The window (60 s) still holds the earlier failures: the next one blocks the address again.
+        assert consumers("bst_a_" + "C" * 45).status_code == 401
+        assert consumers(good).status_code == 429
 
 
 def test_operators_cannot_reach_admin_consumers(env: AdminEnv) -> None:

@@ -126,7 +126,9 @@ def _callers(identity: IdentityHandle) -> dict[str, str | None]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[OAuthEnv]:
     """One gateway running the authorization server for the module; tests make uniquely named resources."""
-    gateway = start_gateway(oauth_config(upstream.url), Path(tmp_path_factory.mktemp("oauth-admin")))
+    config = oauth_config(upstream.url)
+    config["server"]["admin"]["failed_auth"] = {"max_failures": 100_000}  # the matrix refuses many credentials
+    gateway = start_gateway(config, Path(tmp_path_factory.mktemp("oauth-admin")))
     try:
         with IdentityHandle(gateway) as identity, httpx.Client(base_url=gateway.admin_url, timeout=10.0) as http:
             store = OAuthStore(identity.store.engine, identity.service.hasher)

@@ -360,7 +360,7 @@ async def _serve(route: AdminRoute, services: AdminServices, request: Request) -
     try:
         principal = None
         if route.permission is not None:  # authenticate before reading the body: strangers learn nothing
-            principal = await authenticate(request, services.identity, route.permission)
+            principal = await authenticate(request, services.identity, route.permission, services.failed_auth)
         body = None if route.request_model is None else await _read_body(request, route.request_model)
         response = await route.handler(Call(request, services, principal, body))
     except AdminProblem as exc:

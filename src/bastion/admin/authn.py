@@ -2,12 +2,15 @@
 
 A caller presents an admin-level API key whose consumer holds an admin role. Every way a key can be
 wrong, including a valid key of a lower level, gets the same 401 (no oracle: the reason goes to the log);
-only a valid admin-level key learns, with a 403, that its role does not cover the operation.
+only a valid admin-level key learns, with a 403, that its role does not cover the operation. An address that
+sends many invalid credentials is refused with 429 for a while (the brake of the authentication policies),
+before any credential work.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final
@@ -19,6 +22,7 @@ from bastion.errors import codes
 from bastion.identity.authenticator import AuthFailure
 from bastion.identity.principal import Principal
 from bastion.identity.service import IdentityService
+from bastion.policies.failed_auth import FailedAuthBrake
 from bastion.policies.key_auth.policy import credentials_in_query
 from bastion.storage.identity_store import AdminRole, AuditActor, StoreUnavailable
 
@@ -81,15 +85,22 @@ def presented_key(request: Request) -> str | None:
     return value or None
 
 
-def _refuse(request: Request, reason: str, key_id: str | None = None) -> AdminProblem:
+async def _refuse(request: Request, brake: FailedAuthBrake | None, reason: str, key_id: str | None) -> AdminProblem:
     log.warning("admin API: credential refused (%s%s) from %s, request %s", reason,
                 f", key {key_id}" if key_id else "", client_ip(request), request_id(request))
+    if brake is not None:
+        await brake.count_failure(client_ip(request), time.monotonic())
     return AdminProblem(codes.AUTH_CREDENTIALS_INVALID, "The credential was not accepted.",
                         headers={"www-authenticate": _CHALLENGE + ', error="invalid_token"'})
 
 
-async def authenticate(request: Request, identity: IdentityService | None, permission: Permission) -> Principal:
-    """The calling principal, or an ``AdminProblem`` (400, 401, 403 or 503) to answer instead."""
+async def authenticate(request: Request, identity: IdentityService | None, permission: Permission,
+                       brake: FailedAuthBrake | None = None) -> Principal:
+    """The calling principal, or an ``AdminProblem`` (400, 401, 403, 429 or 503) to answer instead."""
+    if brake is not None:
+        blocked = brake.refusal(client_ip(request), time.monotonic)
+        if blocked is not None:
+            raise AdminProblem(blocked.code, blocked.detail, headers=blocked.headers)
     if credentials_in_query(request.url.query):
         raise AdminProblem(codes.AUTH_CREDENTIALS_IN_QUERY,
                            "Credentials are never accepted in the URL. Send the API key in the "
@@ -109,9 +120,9 @@ async def authenticate(request: Request, identity: IdentityService | None, permi
         raise AdminProblem(codes.AUTH_UNAVAILABLE, "Credentials cannot be checked right now; retry shortly.",
                            headers={"retry-after": "1"}) from None
     if isinstance(result, AuthFailure):
-        raise _refuse(request, result.reason, result.key_id)
+        raise await _refuse(request, brake, result.reason, result.key_id)
     if result.level != "admin":
-        raise _refuse(request, f"{result.level}-level key on the admin API", result.credential_id)
+        raise await _refuse(request, brake, f"{result.level}-level key on the admin API", result.credential_id)
     role = AdminRole(result.admin_role) if result.admin_role else None
     if role is None or permission not in ROLE_PERMISSIONS[role]:
         log.warning("admin API: %s (admin role %s) denied %s, request %s", actor_name(result),

@@ -12,6 +12,7 @@ from bastion.oauth.revocation import RevocationList
 from bastion.oauth.server.keys import SigningKeys
 from bastion.oauth.server.store import OAuthStore
 from bastion.observability.metrics import GatewayMetrics
+from bastion.policies.failed_auth import FailedAuthBrake
 
 # A retired signing key stays published this long past the access-token lifetime, so that tokens signed in
 # the instant of a rotation, and verifiers with a skewed clock, still verify.
@@ -53,3 +54,4 @@ class AdminServices:
     docs_base: Callable[[], str]
     identity: IdentityService | None = None  # None: every authenticated endpoint answers 503
     oauth: OAuthAdmin | None = None  # None: the OAuth routes answer 503 like a missing identity store
+    failed_auth: FailedAuthBrake | None = None  # None: invalid admin credentials are not counted

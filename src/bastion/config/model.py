@@ -80,10 +80,23 @@ class HttpListener(Model):
                                       "HTTPS on another port than `server.https.port` (e.g. behind NAT).")
 
 
+class FailedAuthConfig(Model):
+    """The failed-authentication brake of `key-auth`, `oauth2` and the admin API."""
+
+    max_failures: int = Field(10, ge=1, description="Invalid credentials from one client address within "
+                              "`window` before it is blocked.")
+    window: float = Field(60.0, gt=0, description="Seconds over which failures are counted.")
+    block: float = Field(300.0, gt=0, description="Seconds a client address stays blocked (429).")
+
+
 class AdminListener(Model):
     enabled: bool = Field(True, description="Open the admin listener (health, metrics, reload).")
     host: str = Field("127.0.0.1", description="Address to bind. Keep it on loopback or a private network.")
     port: int = Field(9090, ge=0, le=65535, description="Port to bind.")
+    failed_auth: FailedAuthConfig = Field(default_factory=FailedAuthConfig, description="Slow down admin "
+                                          "credential guessing: block addresses that send many bad keys. "
+                                          "Counted together by every node when `redis` is set; read at "
+                                          "start.")
 
 
 class Limits(Model):

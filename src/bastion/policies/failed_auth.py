@@ -1,5 +1,5 @@
-"""The failed-authentication brake shared by the authentication policies: client addresses that present
-many invalid credentials are refused for a while, so guessing and spraying credentials is slowed.
+"""The failed-authentication brake shared by the authentication policies and the admin API: client addresses
+that present many invalid credentials are refused for a while, so guessing and spraying credentials is slowed.
 
 Failures are counted in the shared counter store when there is one (several nodes count together); the
 block itself is kept per node, checked with one dict lookup before any credential work.
@@ -12,9 +12,9 @@ import math
 from collections.abc import Callable
 from typing import Final
 
+from bastion.config.model import FailedAuthConfig
 from bastion.errors.codes import AUTH_TOO_MANY_FAILURES
 from bastion.pipeline.policy import Reject
-from bastion.policies.failed_auth_config import FailedAuthConfig
 from bastion.ratelimit.algorithms import Algorithm, RuleSpec
 from bastion.ratelimit.store import CounterStore, CounterStoreError
 
@@ -26,8 +26,8 @@ _MAX_BLOCKED: Final = 100_000
 class FailedAuthBrake:
     def __init__(self, config: FailedAuthConfig, counters: CounterStore, *, counter_prefix: str,
                  credential: str) -> None:
-        """``counter_prefix`` names the counters (``authfail``, ``oauthfail``); ``credential`` says what was
-        invalid in the log (``credentials``, ``tokens``)."""
+        """``counter_prefix`` names the counters (``authfail``, ``oauthfail``, ``adminfail``); ``credential``
+        says what was invalid in the log (``credentials``, ``tokens``, ``admin credentials``)."""
         self._counters = counters
         self._rule = RuleSpec(Algorithm.SLIDING_WINDOW, config.max_failures, config.window)
         self._block_seconds = config.block

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bastion.config.model import Model
-from bastion.policies.failed_auth_config import FailedAuthConfig
+from bastion.config.model import FailedAuthConfig, Model
 
 
 class KeyAuthConfig(Model):

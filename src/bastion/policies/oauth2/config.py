@@ -6,8 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from bastion.config.model import Model
-from bastion.policies.failed_auth_config import FailedAuthConfig
+from bastion.config.model import FailedAuthConfig, Model
 
 _RESERVED = frozenset({"authorization", "host", "content-length", "transfer-encoding", "connection", "cookie",
                        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
