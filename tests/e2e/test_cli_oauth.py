@@ -227,6 +227,10 @@ def test_remote_mode_through_the_admin_api(oauth_gateway: Gateway) -> None:
     rotation = remote.json("oauth", "rotate-key")
     assert rotation["active"]["kid"] == next(k["kid"] for k in keys if k["state"] == "next")
     assert local.json("oauth", "keys") == rotation["items"]
+    emergency = remote.json("oauth", "rotate-key", "--emergency")
+    withdrawn = next(k for k in emergency["items"] if k["kid"] == rotation["active"]["kid"])
+    assert withdrawn["state"] == "retired" and withdrawn["keep_until"] == withdrawn["retired_at"]
+    assert rotation["active"]["kid"] not in jwks_kids(gateway)
     entries = remote.json("audit-log", "list", "--limit", "1000")
     assert {e["actor"] for e in entries if e["action"].startswith("oauth_")} >= {"consumer:admin"}
     for value in (secret, rotated["client_secret"]):

@@ -431,6 +431,32 @@ def test_signing_key_rotation(env: OAuthEnv) -> None:
         assert not names & private_members and not any("private" in n or "encrypted" in n for n in names)
 
 
+def test_emergency_rotation_refuses_the_withdrawn_keys_tokens_at_once(env: OAuthEnv) -> None:
+    """A compromised active key: no token it signed is accepted any more, even one cached as verified."""
+    client = env.client(env.consumer("compromised", roles=[READER_ROLE]))
+    old_token = access_token(env.gateway, *client)
+    withdrawn = signing_kid(old_token)
+    assert echo_status(env.gateway, old_token) == echo_status(env.gateway, old_token) == 200  # cached now
+    seq = env.identity.latest_seq()
+
+    rotated = env.call("POST", f"{SIGNING_KEYS}/rotate", "operator", json={"emergency": True})
+    assert rotated.status_code == 200, rotated.text
+    body = rotated.json()
+    retired = {key["kid"]: key for key in body["items"]}[withdrawn]
+    assert retired["state"] == "retired" and retired["keep_until"] == retired["retired_at"]
+    assert withdrawn not in jwks_kids(env.gateway)
+    assert echo_status(env.gateway, old_token) == 401
+    new_token = access_token(env.gateway, *client)
+    assert signing_kid(new_token) == body["active"]["kid"] != withdrawn
+    assert echo_status(env.gateway, new_token) == 200
+    entry = audit_entries(env, seq)[rotated.headers["x-request-id"]]
+    assert entry["action"] == "oauth_signing_key.rotate" and entry["actor"] == "consumer:oauth-operator"
+    assert entry["after"]["retired"]["keep_until"] == entry["after"]["retired"]["retired_at"]
+    refused = env.call("POST", f"{SIGNING_KEYS}/rotate", json={"emergency": "at once"})
+    assert refused.status_code == 422
+    assert_safe_problem(refused, "admin.invalid_request")
+
+
 def _names(value: Any) -> set[str]:
     """Every object member name in a JSON document."""
     if isinstance(value, dict):

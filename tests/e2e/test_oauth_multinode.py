@@ -199,6 +199,29 @@ def test_signing_key_rotation_under_cross_node_traffic_rejects_no_valid_token(up
         print(f"\n{len(traffic.uses)} cross-node calls over {len(generations)} key generations, none refused")
 
 
+@pytest.mark.parametrize("redis", [True, False], ids=["redis-broadcast", "store-poll"])
+def test_emergency_rotation_on_one_node_withdraws_the_key_on_the_other(upstream: Upstream, tmp_path: Path,
+                                                                       redis: bool) -> None:
+    with oauth_nodes(upstream.url, tmp_path, redis=redis) as nodes:
+        node_a, node_b = nodes.nodes
+        with nodes.http(node_b) as on_b:
+            token = issued_token(on_b, nodes)
+            withdrawn = signing_kid(token)
+            assert on_b.get(API_PATH, headers=bearer(token)).status_code == 200
+            assert on_b.get(API_PATH, headers=bearer(token)).status_code == 200  # now cached as verified on B
+
+            output = nodes.cli("oauth", "rotate-key", "--emergency", node=node_a).stdout
+            assert "refused from now on" in output
+            # B learns it from the broadcast (Redis) or its reload of the keys (the store).
+            assert wait_for(lambda: on_b.get(API_PATH, headers=bearer(token)).status_code == 401,
+                            timeout=WAIT), "node 1 still accepts tokens of the withdrawn key"
+            assert_refused(on_b.get(API_PATH, headers=bearer(token)))
+            assert withdrawn not in jwks_kids(node_b)
+            fresh = issued_token(on_b, nodes)
+            assert signing_kid(fresh) != withdrawn
+            assert on_b.get(API_PATH, headers=bearer(fresh)).status_code == 200
+
+
 # -- 2. revocation on one node, refused on the other ---------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ from bastion.admin.oauth_schemas import (
     RotatedClientSecret,
     SigningKeyList,
     SigningKeyOut,
+    SigningKeyRotate,
     SigningKeyRotation,
 )
 from bastion.admin.problems import AdminProblem
@@ -154,7 +155,9 @@ async def list_signing_keys(call: Call) -> Response:
 async def rotate_signing_keys(call: Call) -> Response:
     keys = _signing_keys(call)
     oauth = call.oauth
-    active = await keys.rotate(actor=call.actor(), keep_for=signing_key_retention(oauth.access_token_ttl()))
+    body = call.body_as(SigningKeyRotate)
+    keep_for = signing_key_retention(oauth.access_token_ttl(), emergency=body.emergency)
+    active = await keys.rotate(actor=call.actor(), keep_for=keep_for)
     await oauth.revocations.announce_keys_changed()
     return json_response(SigningKeyRotation(active=SigningKeyOut.of(active),
                                             items=[SigningKeyOut.of(info) for info in keys.info()]))
@@ -187,8 +190,9 @@ OAUTH_ROUTES: Final[tuple[AdminRoute, ...]] = (
                "signing-keys", P.SIGNING_KEYS_READ, list_signing_keys, response_model=SigningKeyList),
     AdminRoute("POST", f"{SIGNING_KEYS}/rotate", "rotateSigningKeys",
                "Rotate: the published next key signs from now on, the active one stays published until its "
-               "tokens have expired, and a new next key is published.", "signing-keys", P.SIGNING_KEYS_ROTATE,
-               rotate_signing_keys, response_model=SigningKeyRotation),
+               "tokens have expired (an emergency rotation withdraws it at once), and a new next key is "
+               "published.", "signing-keys", P.SIGNING_KEYS_ROTATE, rotate_signing_keys, 200,
+               SigningKeyRotate, SigningKeyRotation),
 )
 
 

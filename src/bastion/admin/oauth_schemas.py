@@ -64,6 +64,13 @@ class OAuthSecretRotate(RequestModel):
                                         "working; default `keys.rotation_overlap_hours`.")
 
 
+class SigningKeyRotate(RequestModel):
+    emergency: bool = Field(False, description="The active key is compromised: stop accepting every token it "
+                            "signed at once, on every node, instead of keeping it published until they expire. "
+                            "Clients must get new access tokens (refresh tokens are not signed and keep "
+                            "working).")
+
+
 # -- responses ---------------------------------------------------------------------------------------------
 
 

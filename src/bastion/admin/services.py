@@ -22,10 +22,15 @@ KEY_RETENTION_MARGIN: Final = timedelta(minutes=5)
 MAX_ACCESS_TOKEN_TTL = timedelta(days=1)  # the upper bound of oauth.server.access_token_ttl
 
 
-def signing_key_retention(access_token_ttl: timedelta) -> timedelta:
+def signing_key_retention(access_token_ttl: timedelta, *, emergency: bool = False) -> timedelta:
     """How long a rotation keeps the retired key published: until every token it signed has expired. The
     longest lifetime a token may have had, not only the current setting, which a reload may have shortened
-    (the retired private key is erased at once; only its public key stays published)."""
+    (the retired private key is erased at once; only its public key stays published).
+
+    An emergency rotation (the active key is compromised) keeps it for no time at all: from then on no node
+    accepts a token it signed, forged or not."""
+    if emergency:
+        return timedelta(0)
     return max(access_token_ttl, MAX_ACCESS_TOKEN_TTL) + KEY_RETENTION_MARGIN
 
 

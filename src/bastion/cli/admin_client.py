@@ -271,5 +271,5 @@ class RemoteOAuthBackend(RemoteBackend):
     async def list_signing_keys(self) -> list[Record]:
         return _items(self.client.request("GET", "/oauth/signing-keys"))
 
-    async def rotate_signing_keys(self) -> Record:
-        return _record(self.client.request("POST", "/oauth/signing-keys/rotate", body={}))
+    async def rotate_signing_keys(self, emergency: bool) -> Record:
+        return _record(self.client.request("POST", "/oauth/signing-keys/rotate", body={"emergency": emergency}))

@@ -94,7 +94,7 @@ class OAuthBackend(Protocol):
 
     async def list_signing_keys(self) -> list[Record]: ...
 
-    async def rotate_signing_keys(self) -> Record:
+    async def rotate_signing_keys(self, emergency: bool) -> Record:
         """``{"active": key, "items": [every key]}`` after the rotation."""
         ...
 

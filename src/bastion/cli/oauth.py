@@ -273,19 +273,23 @@ def keys(connection: Connection) -> None:
 
 
 @oauth.command("rotate-key")
+@click.option("--emergency", is_flag=True, help="The active key is compromised: every token it signed is "
+              "refused at once, on every node (clients must get new access tokens).")
 @connection_options
-def rotate_key(connection: Connection) -> None:
+def rotate_key(connection: Connection, emergency: bool) -> None:
     """Rotate the signing keys: the published next key signs from now on; the old one stays published
     until every token it signed has expired; a new next key is published."""
 
     async def go(backend: OAuthBackend) -> None:
-        rotation = await backend.rotate_signing_keys()
+        rotation = await backend.rotate_signing_keys(emergency)
         if connection.as_json:
             emit_json(rotation)
             return
         active = rotation.get("active") or {}
         click.echo(f"Rotated the signing keys: {active.get('kid')} signs from now on (running gateways switch "
                    f"within seconds).")
+        if emergency:
+            click.echo("The previous key is withdrawn: every token it signed is refused from now on.")
         print_table(_KEY_HEADERS, _key_rows(rotation.get("items") or []))
 
     _run(connection, go)

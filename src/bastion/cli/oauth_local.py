@@ -104,9 +104,9 @@ class LocalOAuthBackend(LocalBackend):
         keys = await self._signing_keys()
         return [SigningKeyOut.of(info).model_dump(mode="json") for info in keys.info()]
 
-    async def rotate_signing_keys(self) -> Record:
+    async def rotate_signing_keys(self, emergency: bool) -> Record:
         keys = await self._signing_keys()
-        keep_for = signing_key_retention(timedelta(seconds=self._server.access_token_ttl))
+        keep_for = signing_key_retention(timedelta(seconds=self._server.access_token_ttl), emergency=emergency)
         active = await keys.rotate(actor=self.actor, keep_for=keep_for)
         await self.revocations.announce_keys_changed()
         rotation = SigningKeyRotation(active=SigningKeyOut.of(active),
