@@ -161,7 +161,7 @@ class Runtime:
         self._identity_source = (config.store, config.keys.pepper, config.redis)
         if config.redis:
             redis_url = self._identity.settings.redis_url or ""
-            self._counters = RedisCounterStore(redis_url)
+            self._counters = RedisCounterStore(redis_url, deadline=config.redis_timeout)
         else:
             self._counters = MemoryCounterStore()
         self._oauth = OAuthComponents(self._identity, self._counters, self._docs_base, self.config_path.parent)

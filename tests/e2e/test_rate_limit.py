@@ -518,6 +518,26 @@ def test_redis_stopped_fails_within_the_deadline(make_gateway: Callable[..., Gat
           f"resumed: limiting again after {recovered:.2f} s")
 
 
+def test_the_redis_timeout_is_the_configured_one(make_gateway: Callable[..., Gateway], upstream: Upstream,
+                                                 private_redis: PrivateRedis) -> None:
+    config = base_config(upstream.url)
+    config["redis"] = private_redis.url
+    config["redis_timeout"] = 0.4  # a Redis across a slow link
+    on_route(config, "echo", {"limits": [{"name": "closed", "rate": 10_000, "per": "1s"}]})
+    gateway = make_gateway(config)
+    with gateway.client() as client:
+        assert client.get("/v1/echo").status_code == 200
+        private_redis.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            refused = client.get("/v1/echo")
+            waited = time.monotonic() - started
+        finally:
+            private_redis.signal(signal.SIGCONT)
+    assert_safe_problem(refused, "rate_limit.unavailable")
+    assert waited >= 0.35, waited  # it waited for the configured 0.4 s, not the default 50 ms
+
+
 def test_a_burst_of_clients_never_trips_the_breaker(make_gateway: Callable[..., Gateway], upstream: Upstream,
                                                     shared_redis: str) -> None:
     """200 clients whose requests arrive together, on a fresh node: every hit reaches a healthy Redis.

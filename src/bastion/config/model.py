@@ -464,6 +464,10 @@ class GatewayConfig(Model):
                                    "Default: SQLite in `data_dir/bastion.db`.")
     redis: UrlOrRef | None = Field(None, description="Redis for several nodes: shared rate-limit counters and "
                                    "the revocation broadcast, e.g. `redis://127.0.0.1:6379/0`.")
+    redis_timeout: float = Field(0.05, gt=0, le=5, description="Seconds a counter round trip to `redis` (connect, "
+                                 "send, answer) may take before it counts as failed and the limit's "
+                                 "`on_store_failure` decides: a slow Redis must not hold requests. Raise it for a "
+                                 "Redis across a slow link. Read at start.")
     keys: KeysConfig = Field(default_factory=KeysConfig, description="API keys: pepper, lifetimes, rotation.")
     oauth: OAuthConfig = Field(default_factory=OAuthConfig, description="OAuth 2: trusted identity providers "
                                "and the built-in authorization server.")
