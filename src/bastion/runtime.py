@@ -158,7 +158,7 @@ class Runtime:
             raise
         self._identity = IdentityService(identity_settings(config, self.config_path.parent))
         await self._identity.prepare()
-        self._identity_source = (config.store, config.keys.pepper, config.redis)
+        self._identity_source = (config.store, config.keys.pepper, config.redis, config.redis_timeout)
         if config.redis:
             redis_url = self._identity.settings.redis_url or ""
             self._counters = RedisCounterStore(redis_url, deadline=config.redis_timeout)
@@ -207,8 +207,8 @@ class Runtime:
                 return ReloadResult(False, self._generation, [str(i) for i in exc.issues])
             self._warn_listener_changes(self.current.config, compiled.config)
             new = compiled.config
-            if (new.store, new.keys.pepper, new.redis) != self._identity_source:
-                log.warning("store, keys.pepper and redis changes take effect at the next restart")
+            if (new.store, new.keys.pepper, new.redis, new.redis_timeout) != self._identity_source:
+                log.warning("store, keys.pepper, redis and redis_timeout changes take effect at the next restart")
             self._reload_tls(compiled.config)
             self._install(compiled)
             self.metrics.reloads.labels("applied").inc()
@@ -222,6 +222,8 @@ class Runtime:
             after = getattr(new.server, name)
             if (before.enabled, before.host, before.port) != (after.enabled, after.host, after.port):
                 log.warning("server.%s listener changes take effect at the next restart", name)
+        if old.server.admin.failed_auth != new.server.admin.failed_auth:
+            log.warning("server.admin.failed_auth changes take effect at the next restart")
 
     def _reload_tls(self, config: GatewayConfig) -> None:
         if self._tls_context is None:

@@ -66,6 +66,17 @@ def test_admin_reload_applies_a_new_route_and_retires_an_api(reloadable: Gateway
     assert 'bastion_config_reloads_total{result="applied"} 1.0' in metrics
 
 
+def test_settings_read_at_start_are_named_on_reload(reloadable: Gateway, upstream: Upstream) -> None:
+    config = without_route(base_config(upstream.url), "status")
+    config["redis_timeout"] = 0.2
+    config["server"]["admin"]["failed_auth"] = {"max_failures": 3}
+    reloadable.write_config(config)
+    assert admin_reload(reloadable).status_code == 200  # the rest of the file applies
+    logs = reloadable.logs()
+    assert "store, keys.pepper, redis and redis_timeout changes take effect at the next restart" in logs
+    assert "server.admin.failed_auth changes take effect at the next restart" in logs
+
+
 def test_sighup_reloads(reloadable: Gateway, upstream: Upstream) -> None:
     reloadable.write_config(changed_config(upstream))
     reloadable.reload()
