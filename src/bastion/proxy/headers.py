@@ -13,10 +13,10 @@ HOP_BY_HOP: Final = frozenset({
 })
 # Fields the gateway itself sets on the upstream request (client values are replaced, never trusted).
 GATEWAY_SET_REQUEST: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                                 b"x-request-id", b"forwarded", b"x-real-ip"})
+                                        b"x-request-id", b"forwarded", b"x-real-ip"})
 # Upstream response fields that reveal internals (API8); the gateway drops them.
 LEAKY_RESPONSE: Final = frozenset({b"server", b"x-powered-by", b"x-aspnet-version", b"x-aspnetmvc-version",
-                            b"x-runtime", b"x-debug-token", b"x-debug-token-link"})
+                                   b"x-runtime", b"x-debug-token", b"x-debug-token-link"})
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:

@@ -32,9 +32,8 @@ from bastion.storage.identity_store import StoreUnavailable
 log = logging.getLogger("bastion.auth")
 
 _QUERY_CREDENTIAL_NAMES: Final = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token",
-                                     "x-api-key", "auth", "authorization"})
+                                            "x-api-key", "auth", "authorization"})
 _CHALLENGE = 'Bearer realm="bastion"'
-_MAX_BLOCKED: Final = 100_000
 
 
 def credentials_in_query(query: str) -> bool:

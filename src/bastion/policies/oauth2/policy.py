@@ -39,7 +39,6 @@ log = logging.getLogger("bastion.auth")
 CHALLENGE = 'Bearer realm="bastion"'
 INVALID_TOKEN_CHALLENGE = CHALLENGE + ', error="invalid_token"'
 _B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 section 2.1
-_MAX_BLOCKED: Final = 100_000
 # Bastion's own secrets (API keys, client secrets, refresh tokens, authorization codes) by their prefixes.
 _BASTION_SECRETS: Final = ("bst_", "bcs_", "brt_", "bac_")
 
